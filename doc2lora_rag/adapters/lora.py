@@ -1,0 +1,182 @@
+"""A generated LoRA adapter, and its standard PEFT directory format.
+
+Factors are kept stacked over layers per target module: ``A [L, R, in]`` and
+``B [L, out, R]``, with the scaling already folded into B, so the weight delta of layer l is
+simply ``B[l] @ A[l]``. Rank concatenation (chunks, or several documents) is then a ``cat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from doc2lora_rag.errors import AdapterFormatError, IncompatibleModelError
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+_METADATA_KEY = "doc2lora"
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoRAAdapter:
+    """LoRA factors for some layers of one base model, plus where they came from."""
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    layers: list[int]
+    module_paths: dict[str, list[str]]  # module name -> full path per *base* layer
+    base_model_name: str
+    base_fingerprint: str
+    hypernet_fingerprint: str | None = None
+    num_chunks: int = 1
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.factors.values()))[0].shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self.factors.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.factors.values()))[0].dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoRAAdapter:
+        moved = {n: (a.to(device, dtype), b.to(device, dtype)) for n, (a, b) in self.factors.items()}
+        return self._replace(factors=moved)
+
+    def delta(self, module: str, layer: int) -> torch.Tensor:
+        """The dense weight delta ``B @ A`` of one module (for checks, not the hot path)."""
+        a, b = self.factors[module]
+        index = self.layers.index(layer)
+        return b[index] @ a[index]
+
+    @classmethod
+    def concat(cls, adapters: list[LoRAAdapter]) -> LoRAAdapter:
+        """Combine adapters by rank concatenation: the deltas add up."""
+        if not adapters:
+            raise ValueError("concat needs at least one adapter")
+        first = adapters[0]
+        for other in adapters[1:]:
+            if other.base_fingerprint != first.base_fingerprint:
+                raise IncompatibleModelError("cannot combine adapters made for different base models")
+            if other.layers != first.layers or set(other.factors) != set(first.factors):
+                raise IncompatibleModelError("cannot combine adapters with different layers or modules")
+        factors = {
+            name: (
+                torch.cat([ad.factors[name][0] for ad in adapters], dim=1),
+                torch.cat([ad.factors[name][1] for ad in adapters], dim=2),
+            )
+            for name in first.factors
+        }
+        hypernets = {ad.hypernet_fingerprint for ad in adapters}
+        return first._replace(
+            factors=factors,
+            num_chunks=sum(ad.num_chunks for ad in adapters),
+            hypernet_fingerprint=hypernets.pop() if len(hypernets) == 1 else None,
+            metadata={"combined": [ad.metadata.get("id") for ad in adapters]},
+        )
+
+    def _replace(self, **changes) -> LoRAAdapter:
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return LoRAAdapter(**{**fields, **changes})
+
+    # ----------------------------------------------------------------- PEFT format
+
+    def peft_config(self) -> LoraConfig:
+        """Scaling is folded into B, so ``lora_alpha == r`` makes PEFT's scale exactly 1."""
+        all_layers = len(next(iter(self.module_paths.values())))
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.rank,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=sorted(self.factors),
+            layers_to_transform=None if len(self.layers) == all_layers else list(self.layers),
+            layers_pattern=None if len(self.layers) == all_layers else "layers",
+            base_model_name_or_path=self.base_model_name,
+            task_type="CAUSAL_LM",
+        )
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for name, (a, b) in self.factors.items():
+            for index, layer in enumerate(self.layers):
+                path = _PEFT_PREFIX + self.module_paths[name][layer]
+                tensors[f"{path}.lora_A.weight"] = a[index].contiguous()
+                tensors[f"{path}.lora_B.weight"] = b[index].contiguous()
+        return tensors
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a PEFT adapter directory (``adapter_config.json`` + safetensors)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu() for k, v in self.peft_state_dict().items()}
+        info = {
+            "layers": self.layers,
+            "module_paths": self.module_paths,
+            "base_model_name": self.base_model_name,
+            "base_fingerprint": self.base_fingerprint,
+            "hypernet_fingerprint": self.hypernet_fingerprint,
+            "num_chunks": self.num_chunks,
+            "metadata": self.metadata,
+            "tensor_sha256": _tensor_digest(tensors),
+        }
+        save_file(tensors, directory / WEIGHTS_FILE, metadata={_METADATA_KEY: json.dumps(info)})
+        self.peft_config().save_pretrained(str(directory))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LoRAAdapter:
+        """Load a directory written by :meth:`save_pretrained`, checking its integrity."""
+        directory = Path(directory)
+        weights = directory / WEIGHTS_FILE
+        try:
+            with open(weights, "rb") as handle:
+                header_len = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(header_len))
+            info = json.loads(header["__metadata__"][_METADATA_KEY])
+            tensors = load_file(weights, device=str(device))
+        except FileNotFoundError as error:
+            raise AdapterFormatError(f"no adapter at {directory}") from error
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+            raise AdapterFormatError(f"{weights} is not a doc2lora adapter: {error}") from error
+        if _tensor_digest(tensors) != info.get("tensor_sha256"):
+            raise AdapterFormatError(f"{weights} fails its checksum: the file was modified")
+        layers, paths = info["layers"], info["module_paths"]
+        factors = {}
+        for name in paths:
+            keys = [_PEFT_PREFIX + paths[name][layer] for layer in layers]
+            factors[name] = (
+                torch.stack([tensors[f"{k}.lora_A.weight"] for k in keys]),
+                torch.stack([tensors[f"{k}.lora_B.weight"] for k in keys]),
+            )
+        return cls(
+            factors=factors,
+            layers=layers,
+            module_paths=paths,
+            base_model_name=info["base_model_name"],
+            base_fingerprint=info["base_fingerprint"],
+            hypernet_fingerprint=info["hypernet_fingerprint"],
+            num_chunks=info["num_chunks"],
+            metadata=info["metadata"],
+        )
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,227 @@
+"""``Doc2LoRA``: the engine that turns documents into adapters and answers with them."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from doc2lora_rag.adapters.lora import LoRAAdapter
+from doc2lora_rag.base_model.activations import layer_inputs
+from doc2lora_rag.base_model.fingerprint import model_fingerprint
+from doc2lora_rag.base_model.loading import DEFAULT_MODEL_NAME, BaseModel, load_base_model
+from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
+from doc2lora_rag.documents import MAX_DOCUMENT_CHARS, validate_text
+from doc2lora_rag.errors import IncompatibleModelError
+from doc2lora_rag.generation.generate import Completion, complete, stream
+from doc2lora_rag.hypernetwork.chunking import chunk_token_ids, pad_right, token_budget_batches
+from doc2lora_rag.hypernetwork.config import HypernetConfig
+from doc2lora_rag.hypernetwork.model import HyperNetwork
+
+SHIPPED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
+DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINTS / "smollm2-135m-instruct"
+
+Adapters = LoRAAdapter | Sequence[LoRAAdapter] | None
+
+
+class Doc2LoRA:
+    """A frozen base model plus the hypernetwork that writes adapters for it."""
+
+    def __init__(self, base: BaseModel, hypernet: HyperNetwork, *, max_chars: int = MAX_DOCUMENT_CHARS):
+        self.base = base
+        self.fingerprint = model_fingerprint(base.model)
+        if hypernet.config.base_fingerprint != self.fingerprint:
+            raise IncompatibleModelError(
+                f"hypernetwork was made for {hypernet.config.base_model_name!r} "
+                f"(fingerprint {hypernet.config.base_fingerprint}), not {base.name!r} "
+                f"(fingerprint {self.fingerprint})"
+            )
+        self.hypernet = hypernet.to(base.device, base.dtype).eval()
+        self.wrapper = ChatWrapper.for_tokenizer(base.tokenizer)
+        self.max_chars = max_chars
+        self.token_budget = 8192  # chunk tokens per hypernetwork batch
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        hypernet: str | os.PathLike | HyperNetwork | None = None,
+        base_model: str | os.PathLike | BaseModel | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **hypernet_options,
+    ) -> Doc2LoRA:
+        """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
+        hypernetwork (or a fresh, untrained one where none fits, with a warning)."""
+        base = base_model if isinstance(base_model, BaseModel) else load_base_model(
+            base_model, device=device, dtype=dtype
+        )
+        if isinstance(hypernet, HyperNetwork):
+            network = hypernet
+        elif hypernet is not None:
+            network = HyperNetwork.from_pretrained(hypernet, base_fingerprint=model_fingerprint(base.model))
+        elif base.name == DEFAULT_MODEL_NAME and (DEFAULT_CHECKPOINT / "hypernet_config.json").is_file():
+            network = HyperNetwork.from_pretrained(DEFAULT_CHECKPOINT, base_fingerprint=model_fingerprint(base.model))
+        else:
+            warnings.warn(
+                f"no trained hypernetwork for {base.name}: using a fresh one, whose adapters "
+                "change nothing until it is trained (doc2lora train)",
+                stacklevel=2,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                network = HyperNetwork(HypernetConfig.for_base_model(base, **hypernet_options))
+        return cls(base, network)
+
+    @property
+    def model(self):
+        return self.base.model
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    @property
+    def config(self) -> HypernetConfig:
+        return self.hypernet.config
+
+    # ------------------------------------------------------------------ ingest
+
+    def internalize(self, text: str | bytes, *, metadata: dict | None = None) -> LoRAAdapter:
+        """Read a document once and return the adapter that holds it."""
+        return self.internalize_many([text], metadata=[metadata or {}])[0]
+
+    @torch.inference_mode()
+    def internalize_many(
+        self, texts: Sequence[str | bytes], *, metadata: Sequence[dict] | None = None
+    ) -> list[LoRAAdapter]:
+        """Internalise several documents, batching their chunks together for throughput."""
+        texts = [validate_text(t, max_chars=self.max_chars) for t in texts]
+        metadata = list(metadata) if metadata is not None else [{} for _ in texts]
+        chunks, owner = [], []
+        for doc_index, text in enumerate(texts):
+            for chunk in chunk_token_ids(self.tokenizer, self.wrapper, text, self.config.chunk_size):
+                chunks.append(chunk)
+                owner.append(doc_index)
+        per_chunk = self._chunk_factors(chunks)
+        adapters = []
+        for doc_index, text in enumerate(texts):
+            mine = [per_chunk[i] for i, o in enumerate(owner) if o == doc_index]
+            stacked = {
+                name: (torch.cat([f[name][0] for f in mine]), torch.cat([f[name][1] for f in mine]))
+                for name in self.config.target_modules
+            }
+            adapters.append(self._adapter(self.hypernet.assemble(stacked), len(mine), metadata[doc_index]))
+        return adapters
+
+    def _chunk_factors(self, chunks: list[list[int]]) -> list[dict]:
+        """Hypernetwork output for each chunk, computed in token-budget batches."""
+        results: list[dict | None] = [None] * len(chunks)
+        pad_id = self.tokenizer.pad_token_id
+        for batch in token_budget_batches([len(c) for c in chunks], self.token_budget):
+            ids, mask = pad_right([chunks[i] for i in batch], pad_id)
+            ids, mask = ids.to(self.base.device), mask.to(self.base.device)
+            activations = layer_inputs(self.model, ids, mask, self.config.source_layers)
+            factors = self.hypernet(activations, mask)
+            for row, index in enumerate(batch):
+                results[index] = {n: (a[row : row + 1], b[row : row + 1]) for n, (a, b) in factors.items()}
+        return results
+
+    def _adapter(self, factors: dict, num_chunks: int, metadata: dict) -> LoRAAdapter:
+        return LoRAAdapter(
+            factors=factors,
+            layers=list(self.config.target_layers),
+            module_paths=self.config.module_paths,
+            base_model_name=self.base.name,
+            base_fingerprint=self.fingerprint,
+            hypernet_fingerprint=self.hypernet.fingerprint,
+            num_chunks=num_chunks,
+            metadata=dict(metadata),
+        )
+
+    # ------------------------------------------------------------------ answer
+
+    def check_adapters(self, adapters: Adapters | Sequence[LoRAAdapter | None]) -> None:
+        """Refuse adapters made for another base model before they touch it."""
+        items = [adapters] if isinstance(adapters, LoRAAdapter) else list(adapters or [])
+        for adapter in items:
+            if adapter is not None and adapter.base_fingerprint != self.fingerprint:
+                raise IncompatibleModelError(
+                    f"adapter was made for {adapter.base_model_name!r} "
+                    f"(fingerprint {adapter.base_fingerprint}), not this base model ({self.fingerprint})"
+                )
+
+    def prompt(self, question: str, context: str | None = None) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        return question_prompt(self.tokenizer, question, context)
+
+    def generate(
+        self,
+        question: str,
+        *,
+        adapters: Adapters = None,
+        context: str | None = None,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] | None = None,
+    ) -> str:
+        """Answer ``question`` with adapters attached, or with ``context`` in the prompt, or
+        with the base model alone."""
+        return self.complete(
+            question, adapters=adapters, context=context, max_new_tokens=max_new_tokens, stop=stop
+        ).text
+
+    def complete(
+        self,
+        question: str,
+        *,
+        adapters: Adapters = None,
+        context: str | None = None,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] | None = None,
+    ) -> Completion:
+        """Like :meth:`generate`, returning token counts and the finish reason too."""
+        self.check_adapters(adapters)
+        return complete(
+            self.base, [self.prompt(question, context)], adapters=adapters,
+            max_new_tokens=max_new_tokens, stop=stop,
+        )[0]
+
+    def generate_batch(
+        self,
+        questions: Sequence[str],
+        *,
+        adapters: Sequence[LoRAAdapter | None] | None = None,
+        contexts: Sequence[str | None] | None = None,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] | None = None,
+    ) -> list[Completion]:
+        """Answer many questions in one batch; ``adapters[i]`` applies to question i only."""
+        if adapters is not None and len(adapters) != len(questions):
+            raise ValueError("give one adapter (or None) per question")
+        self.check_adapters(adapters)
+        contexts = contexts or [None] * len(questions)
+        prompts = [self.prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
+        return complete(
+            self.base, prompts, adapters=adapters, per_row=adapters is not None,
+            max_new_tokens=max_new_tokens, stop=stop,
+        )
+
+    def stream(
+        self,
+        question: str,
+        *,
+        adapters: Adapters = None,
+        context: str | None = None,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer piece by piece."""
+        self.check_adapters(adapters)
+        yield from stream(
+            self.base, self.prompt(question, context), adapters=adapters,
+            max_new_tokens=max_new_tokens, stop=stop,
+        )

@@ -1,0 +1,150 @@
+"""Greedy generation with adapters attached: batched, per-row adapters, stop strings, streaming."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from doc2lora_rag.adapters.lora import LoRAAdapter
+from doc2lora_rag.adapters.runtime import adapters_attached
+from doc2lora_rag.base_model.loading import BaseModel
+
+
+@dataclass
+class Completion:
+    """One generated answer with the token counts a caller may bill or log."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+def _generation_config(
+    base: BaseModel, max_new_tokens: int, stop: Sequence[str] | None = None
+) -> GenerationConfig:
+    eos = base.model.generation_config.eos_token_id
+    if eos is None:
+        eos = base.tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=base.tokenizer.pad_token_id,
+        stop_strings=list(stop) if stop else None,
+    )
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """Text up to the first stop string, and whether one was found."""
+    cut = min((i for s in stop or () if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops a background generation once the reader has what it wants."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+@torch.inference_mode()
+def complete(
+    base: BaseModel,
+    prompts: Sequence[str],
+    *,
+    adapters: LoRAAdapter | Sequence[LoRAAdapter | None] | None = None,
+    per_row: bool = False,
+    max_new_tokens: int = 128,
+    stop: Sequence[str] | None = None,
+) -> list[Completion]:
+    """Answer a batch of chat-formatted prompts greedily.
+
+    ``per_row=True`` means ``adapters[i]`` applies to ``prompts[i]`` only (``None`` = none);
+    otherwise the given adapters (rank-concatenated) apply to every row.
+    """
+    tokenizer = base.tokenizer
+    batch = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(base.device)
+    config = _generation_config(base, max_new_tokens, stop)
+    with adapters_attached(base.model, adapters, per_row=per_row):
+        output = base.model.generate(**batch, generation_config=config, tokenizer=tokenizer)
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    eos_ids = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
+    completions = []
+    for row, tokens in enumerate(new_tokens.tolist()):
+        ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
+        used = tokens if ended is None else tokens[:ended]
+        text, stopped = cut_at_stop(tokenizer.decode(used, skip_special_tokens=True), stop)
+        completions.append(
+            Completion(
+                text=text.strip(),
+                prompt_tokens=int(batch["attention_mask"][row].sum()),
+                completion_tokens=len(used) if ended is None else ended + 1,
+                finish_reason="stop" if stopped or ended is not None else "length",
+            )
+        )
+    return completions
+
+
+def stream(
+    base: BaseModel,
+    prompt: str,
+    *,
+    adapters: LoRAAdapter | Sequence[LoRAAdapter] | None = None,
+    max_new_tokens: int = 128,
+    stop: Sequence[str] | None = None,
+) -> Iterator[str]:
+    """Yield the answer in pieces as it is generated; a stop string ends it early."""
+    tokenizer = base.tokenizer
+    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(base.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    config = _generation_config(base, max_new_tokens, stop)
+    held_back = max((len(s) for s in stop or ()), default=1) - 1
+    cancelled = _Cancelled()
+    with adapters_attached(base.model, adapters):
+
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    base.model.generate(
+                        **batch,
+                        generation_config=config,
+                        streamer=streamer,
+                        tokenizer=tokenizer,
+                        stopping_criteria=StoppingCriteriaList([cancelled]),
+                    )
+            except BaseException as error:  # re-raised in the reading thread below
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text, sent = "", 0
+        try:
+            for piece in streamer:
+                text += piece
+                visible, stopped = cut_at_stop(text, stop)
+                limit = len(visible) if stopped else max(sent, len(visible) - held_back)
+                if limit > sent:
+                    yield visible[sent:limit]
+                    sent = limit
+                if stopped:
+                    return
+            if failure:
+                raise failure[0]
+            if len(text) > sent:
+                yield text[sent:]
+        finally:
+            cancelled.event.set()
+            worker.join()

@@ -1,0 +1,169 @@
+"""The Perceiver hypernetwork: document activations in, LoRA factors out, in one pass.
+
+Shapes: ``S`` source layers, ``N`` chunks, ``T`` tokens per chunk, ``d`` base width,
+``L`` target layers, ``W`` hypernetwork width, ``r`` rank per chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from doc2lora_rag.errors import AdapterFormatError, IncompatibleModelError
+from doc2lora_rag.hypernetwork.config import HypernetConfig
+from doc2lora_rag.hypernetwork.perceiver import CrossAttentionBlock, SwiGLU
+
+CONFIG_FILE = "hypernet_config.json"
+WEIGHTS_FILE = "hypernet.safetensors"
+FORMAT_VERSION = 1
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class LayerHeads(nn.Module):
+    """Per-layer residual MLP and linear heads turning one latent into an A row and a B column."""
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__()
+        num_layers, width, head = len(config.target_layers), config.width, config.head_width
+        self.scale = config.scale
+        self.project = nn.Linear(width, head)
+        self.mlp_norm = nn.RMSNorm(head)
+        self.mlp_in = nn.Parameter(torch.randn(num_layers, head, 2 * head) / head**0.5)
+        self.mlp_out = nn.Parameter(torch.zeros(num_layers, 2 * head, head))
+        self.head_norm = nn.RMSNorm(head)
+        self.a_weight, self.a_bias = nn.ParameterDict(), nn.ParameterDict()
+        self.b_weight, self.b_bias = nn.ParameterDict(), nn.ParameterDict()
+        self.rank_scale = nn.ParameterDict()
+        for name, (in_features, out_features) in config.target_modules.items():
+            # A rows start near unit norm; B starts at zero so the first delta is exactly zero.
+            std = 1.0 / (head**0.5 * in_features**0.5)
+            self.a_weight[name] = nn.Parameter(torch.randn(num_layers, head, in_features) * std)
+            self.a_bias[name] = nn.Parameter(torch.zeros(num_layers, 1, in_features))
+            self.b_weight[name] = nn.Parameter(torch.zeros(num_layers, head, out_features))
+            self.b_bias[name] = nn.Parameter(torch.zeros(num_layers, 1, out_features))
+            self.rank_scale[name] = nn.Parameter(torch.ones(num_layers, config.rank))
+
+    def forward(self, name: str, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents ``[N, L, r, W]`` -> A ``[N, L, r, in]``, B ``[N, L, out, r]``."""
+        h = self.project(latents)
+        hidden = torch.einsum("nlrh,lhk->nlrk", self.mlp_norm(h), self.mlp_in)
+        h = h + torch.einsum("nlrk,lkh->nlrh", nn.functional.silu(hidden), self.mlp_out)
+        h = self.head_norm(h)
+        a = torch.einsum("nlrh,lhi->nlri", h, self.a_weight[name]) + self.a_bias[name]
+        b = torch.einsum("nlrh,lho->nlro", h, self.b_weight[name]) + self.b_bias[name]
+        b = b * (self.scale * self.rank_scale[name])[None, :, :, None]
+        return a, b.transpose(-1, -2)
+
+
+class HyperNetwork(nn.Module):
+    """Maps the activations of a document chunk to a rank-r LoRA for every target layer."""
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__()
+        self.config = config
+        num_sources, num_layers = len(config.source_layers), len(config.target_layers)
+        width, modules = config.width, list(config.target_modules)
+        self.source_norm = nn.Parameter(torch.ones(num_sources, config.base_hidden_size))
+        self.input_projection = SwiGLU(config.base_hidden_size, 2 * width, width)
+        self.latents = nn.Parameter(torch.randn(num_layers, config.num_latents, width) * 0.02)
+        block = lambda: CrossAttentionBlock(  # noqa: E731
+            width, config.num_heads, config.num_kv_heads, config.mlp_ratio
+        )
+        self.encoder = nn.ModuleList(block() for _ in range(config.num_blocks))
+        self.output_queries = nn.Parameter(torch.randn(len(modules) * config.rank, width) * 0.02)
+        self.layer_embedding = nn.Parameter(torch.randn(num_layers, 1, width) * 0.02)
+        self.decoder = block()
+        self.heads = LayerHeads(config)
+        self.bias_a, self.bias_b = nn.ParameterDict(), nn.ParameterDict()
+        if config.bias_rank:
+            for name, (in_features, out_features) in config.target_modules.items():
+                shape_a = (num_layers, config.bias_rank, in_features)
+                self.bias_a[name] = nn.Parameter(torch.randn(shape_a) / in_features**0.5)
+                self.bias_b[name] = nn.Parameter(torch.zeros(num_layers, out_features, config.bias_rank))
+        self._fingerprint: str | None = None
+
+    def forward(self, activations: torch.Tensor, mask: torch.Tensor) -> Factors:
+        """activations ``[S, N, T, d]``, mask ``[N, T]`` -> per module (A ``[N, L, r, in]``, B)."""
+        config = self.config
+        num_sources, num_chunks, tokens, _ = activations.shape
+        group = config.layers_per_source
+        x = activations * torch.rsqrt(activations.pow(2).mean(-1, keepdim=True) + 1e-6)
+        x = self.input_projection(x * self.source_norm[:, None, None, :])
+        x = x.reshape(num_sources * num_chunks, tokens, config.width)
+        x_mask = mask.bool().repeat(num_sources, 1)
+        # Latents of the layers that share a source attend together: [S*N, G*latents, W].
+        latents = (self.latents + self.layer_embedding).view(num_sources, 1, -1, config.width)
+        latents = latents.expand(-1, num_chunks, -1, -1).reshape(num_sources * num_chunks, -1, config.width)
+        for block in self.encoder:
+            latents = block(latents, x, x_mask)
+        # Back to one latent set per (chunk, layer): [N*L, latents, W].
+        latents = latents.view(num_sources, num_chunks, group, config.num_latents, config.width)
+        latents = latents.transpose(0, 1).reshape(-1, config.num_latents, config.width)
+        queries = (self.output_queries[None] + self.layer_embedding).repeat(num_chunks, 1, 1)
+        decoded = self.decoder(queries, latents, None)
+        decoded = decoded.view(num_chunks, -1, len(config.target_modules), config.rank, config.width)
+        return {
+            name: self.heads(name, decoded[:, :, index])
+            for index, name in enumerate(config.target_modules)
+        }
+
+    def assemble(self, chunk_factors: Factors) -> Factors:
+        """Concatenate chunk LoRAs along the rank (no 1/K scaling) and append the bias block."""
+        assembled = {}
+        for name, (a, b) in chunk_factors.items():
+            num_chunks, num_layers, rank, in_features = a.shape
+            a = a.transpose(0, 1).reshape(num_layers, num_chunks * rank, in_features)
+            b = b.permute(1, 2, 0, 3).reshape(num_layers, b.shape[2], num_chunks * rank)
+            if self.config.bias_rank:
+                a = torch.cat([a, self.bias_a[name].to(a.dtype)], dim=1)
+                b = torch.cat([b, (self.bias_b[name] * self.config.scale).to(b.dtype)], dim=2)
+            assembled[name] = (a, b)
+        return assembled
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the weights, recorded in every adapter this network makes."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, directory / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, base_fingerprint: str | None = None
+    ) -> HyperNetwork:
+        """Load a saved hypernetwork; refuse it if it was trained for another base model."""
+        directory = Path(directory)
+        try:
+            config = HypernetConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+            tensors = load_file(directory / WEIGHTS_FILE)
+        except (OSError, ValueError, TypeError) as error:
+            raise AdapterFormatError(f"cannot read hypernetwork at {directory}: {error}") from error
+        if base_fingerprint is not None and config.base_fingerprint != base_fingerprint:
+            raise IncompatibleModelError(
+                f"hypernetwork at {directory} was trained for base model "
+                f"{config.base_model_name!r} (fingerprint {config.base_fingerprint}), "
+                f"not for the loaded base model (fingerprint {base_fingerprint})"
+            )
+        network = cls(config)
+        try:
+            network.load_state_dict({k: v.float() for k, v in tensors.items()})
+        except RuntimeError as error:
+            raise AdapterFormatError(f"hypernetwork weights at {directory} do not fit its config") from error
+        return network
