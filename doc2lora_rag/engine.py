@@ -56,8 +56,8 @@ class Doc2LoRA:
     ) -> Doc2LoRA:
         """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
         hypernetwork (or a fresh, untrained one where none fits, with a warning)."""
-        base = base_model if isinstance(base_model, BaseModel) else load_base_model(
-            base_model, device=device, dtype=dtype
+        base = (
+            base_model if isinstance(base_model, BaseModel) else load_base_model(base_model, device=device, dtype=dtype)
         )
         if isinstance(hypernet, HyperNetwork):
             network = hypernet
@@ -108,7 +108,7 @@ class Doc2LoRA:
                 owner.append(doc_index)
         per_chunk = self._chunk_factors(chunks)
         adapters = []
-        for doc_index, text in enumerate(texts):
+        for doc_index in range(len(texts)):
             mine = [per_chunk[i] for i, o in enumerate(owner) if o == doc_index]
             stacked = {
                 name: (torch.cat([f[name][0] for f in mine]), torch.cat([f[name][1] for f in mine]))
@@ -186,8 +186,11 @@ class Doc2LoRA:
         """Like :meth:`generate`, returning token counts and the finish reason too."""
         self.check_adapters(adapters)
         return complete(
-            self.base, [self.prompt(question, context)], adapters=adapters,
-            max_new_tokens=max_new_tokens, stop=stop,
+            self.base,
+            [self.prompt(question, context)],
+            adapters=adapters,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
         )[0]
 
     def generate_batch(
@@ -206,8 +209,12 @@ class Doc2LoRA:
         contexts = contexts or [None] * len(questions)
         prompts = [self.prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
         return complete(
-            self.base, prompts, adapters=adapters, per_row=adapters is not None,
-            max_new_tokens=max_new_tokens, stop=stop,
+            self.base,
+            prompts,
+            adapters=adapters,
+            per_row=adapters is not None,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
         )
 
     def stream(
@@ -222,6 +229,9 @@ class Doc2LoRA:
         """Yield the answer piece by piece."""
         self.check_adapters(adapters)
         yield from stream(
-            self.base, self.prompt(question, context), adapters=adapters,
-            max_new_tokens=max_new_tokens, stop=stop,
+            self.base,
+            self.prompt(question, context),
+            adapters=adapters,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
         )

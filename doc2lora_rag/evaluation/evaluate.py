@@ -1,0 +1,156 @@
+"""Quality and latency of answering from adapters, against the base model with and without
+the document in context, and against per-document context distillation.
+
+Scores are SQuAD-style token F1 and answer-contains accuracy against gold answers; the
+headline is the ratio adapter / in-context (1.0 = as good as reading the document).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from doc2lora_rag.evaluation.metrics import answer_contains, token_f1
+from doc2lora_rag.training.data import QARecord, needle_records
+
+MODES = ("no_context", "in_context", "adapter", "context_distillation")
+
+
+@dataclass
+class QAReport:
+    """Mean scores per mode, update times, and a few examples to read."""
+
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds_per_document: dict[str, float] = field(default_factory=dict)
+    num_questions: int = 0
+    num_documents: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+    def ratio(self, metric: str, mode: str = "adapter") -> float | None:
+        reference = self.scores.get("in_context", {}).get(metric)
+        value = self.scores.get(mode, {}).get(metric)
+        return None if not reference or value is None else value / reference
+
+    def to_dict(self) -> dict:
+        return {
+            "scores": self.scores,
+            "ratios": {m: self.ratio(m) for m in ("f1", "contains")},
+            "seconds_per_document": self.seconds_per_document,
+            "num_questions": self.num_questions,
+            "num_documents": self.num_documents,
+            "examples": self.examples,
+        }
+
+
+def evaluate_qa(
+    engine,
+    records: Sequence[QARecord],
+    *,
+    modes: Sequence[str] = ("no_context", "in_context", "adapter"),
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    cd_steps: int = 30,
+    progress: bool = True,
+) -> QAReport:
+    """Answer every record in each mode and score it against its gold answer."""
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    records = [r for r in records if r.answer]
+    by_context: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        by_context[record.context].append(index)
+    report = QAReport(num_questions=len(records), num_documents=len(by_context))
+    answers: dict[str, list[str]] = {}
+    for mode in modes:
+        adapters = None
+        if mode in ("adapter", "context_distillation"):
+            adapters, seconds = _adapters_for(engine, records, by_context, mode, cd_steps, progress)
+            report.seconds_per_document[mode] = seconds / max(1, len(by_context))
+        answers[mode] = _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress)
+        report.scores[mode] = {
+            "f1": _mean(token_f1(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
+            "contains": _mean(answer_contains(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
+        }
+    for index in range(min(5, len(records))):
+        report.examples.append(
+            {
+                "question": records[index].question,
+                "gold": records[index].answer,
+                **{mode: answers[mode][index] for mode in modes},
+            }
+        )
+    return report
+
+
+def _adapters_for(engine, records, by_context, mode, cd_steps, progress) -> tuple[dict, float]:
+    """One adapter per distinct document, and the total time spent making them."""
+    from doc2lora_rag.training.context_distill import context_distill
+
+    adapters, total = {}, 0.0
+    for context, indices in tqdm(by_context.items(), desc=mode, disable=not progress):
+        started = time.perf_counter()
+        if mode == "adapter":
+            adapters[context] = engine.internalize(context)
+        else:  # oracle context distillation: fitted on the very questions it is tested on
+            adapters[context] = context_distill(engine, context, [records[i].question for i in indices], steps=cd_steps)
+        total += time.perf_counter() - started
+    return adapters, total
+
+
+def _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress) -> list[str]:
+    answers: list[str] = []
+    for start in tqdm(range(0, len(records), batch_size), desc=f"answer {mode}", disable=not progress):
+        batch = records[start : start + batch_size]
+        questions = [r.question for r in batch]
+        if mode == "in_context":
+            done = engine.generate_batch(questions, contexts=[r.context for r in batch], max_new_tokens=max_new_tokens)
+        elif adapters is not None:
+            rows = [adapters[r.context] for r in batch]
+            done = engine.generate_batch(questions, adapters=rows, max_new_tokens=max_new_tokens)
+        else:
+            done = engine.generate_batch(questions, max_new_tokens=max_new_tokens)
+        answers.extend(c.text for c in done)
+    return answers
+
+
+def evaluate_niah(
+    engine,
+    lengths: Sequence[int],
+    *,
+    count: int = 10,
+    seed: int = 1000,
+    in_context_max_tokens: int | None = None,
+    progress: bool = True,
+) -> dict[int, dict[str, float | None]]:
+    """Needle retrieval accuracy by haystack length, from the adapter and (where the document
+    fits in the window and under ``in_context_max_tokens``) with the document in context."""
+    window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
+    limit = min(window, in_context_max_tokens or window)
+    count_tokens: Callable[[str], int] = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731
+    results: dict[int, dict[str, float | None]] = {}
+    for length in lengths:
+        records = needle_records(count, length, count_tokens, seed=seed)
+        adapter_hits, context_hits = [], []
+        for record in tqdm(records, desc=f"niah {length}", disable=not progress):
+            adapter = engine.internalize(record.context)
+            adapter_hits.append(
+                answer_contains(engine.generate(record.question, adapters=[adapter], max_new_tokens=16), record.answer)
+            )
+            if length + 64 <= limit:
+                answer = engine.generate(record.question, context=record.context, max_new_tokens=16)
+                context_hits.append(answer_contains(answer, record.answer))
+        results[length] = {
+            "adapter": _mean(adapter_hits),
+            "in_context": _mean(context_hits) if context_hits else None,
+        }
+    return results
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0

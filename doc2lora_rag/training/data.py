@@ -1,0 +1,298 @@
+"""Seeded, reproducible sources of (context, question[, answer]) records for meta-training.
+
+- SQuAD-format JSON (the project's split: articles 1-38 train, 39-48 validation) and JSONL;
+- synthetic fact documents about fictional entities, whose answers no model can know;
+- needle-in-a-haystack documents of a chosen token length;
+- "unrelated" records, pairing a document with a question about something else, whose target
+  is the base model's own answer without context (so adapters leave general questions alone).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SQUAD_TRAIN_ARTICLES = 38
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One training or evaluation example.
+
+    ``teacher_sees_context`` is False for unrelated questions: their target is what the base
+    model answers without any document.
+    """
+
+    context: str
+    question: str
+    answer: str | None = None
+    source: str = "custom"
+    teacher_sees_context: bool = True
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps([self.context, self.question, self.teacher_sees_context])
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def squad_records(path: str | Path, split: str = "train", per_paragraph: int | None = None) -> list[QARecord]:
+    """Records of a SQuAD-format file; ``split`` is ``train`` (articles 1-38),
+    ``validation`` (39-48) or ``all``. ``per_paragraph`` caps questions per paragraph."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        articles = json.load(handle)["data"]
+    if split == "train":
+        articles = articles[:SQUAD_TRAIN_ARTICLES]
+    elif split == "validation":
+        articles = articles[SQUAD_TRAIN_ARTICLES:]
+    elif split != "all":
+        raise ValueError(f"unknown split {split!r}: use train, validation or all")
+    records = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"][:per_paragraph]:
+                answer = qa["answers"][0]["text"] if qa.get("answers") else None
+                records.append(QARecord(paragraph["context"], qa["question"], answer, "squad"))
+    return records
+
+
+def jsonl_records(path: str | Path) -> list[QARecord]:
+    """Records of a JSONL file with ``context``, ``question`` and optional ``answer`` fields."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "context" not in row or "question" not in row:
+                raise ValueError(f"{path}:{number}: needs 'context' and 'question' fields")
+            records.append(QARecord(row["context"], row["question"], row.get("answer"), "jsonl"))
+    return records
+
+
+# ---------------------------------------------------------------------------- synthetic facts
+
+_SYLLABLES = [
+    "bra",
+    "dor",
+    "vel",
+    "kin",
+    "sto",
+    "mar",
+    "lu",
+    "qua",
+    "zen",
+    "tor",
+    "fi",
+    "gal",
+    "ros",
+    "nim",
+    "the",
+    "pax",
+    "ul",
+    "vor",
+    "dri",
+    "mey",
+    "sal",
+    "kor",
+    "bel",
+    "tu",
+]
+_FIRST = [
+    "Mira",
+    "Tobias",
+    "Ilse",
+    "Koa",
+    "Renata",
+    "Oskar",
+    "Yara",
+    "Dmitri",
+    "Anouk",
+    "Felix",
+    "Sana",
+    "Tiago",
+    "Lena",
+    "Bruno",
+    "Ayla",
+    "Ivo",
+]
+_CITIES_SUFFIX = ["ford", "ville", "haven", "port", " Falls", "burg", "mouth", " Ridge"]
+_PRODUCTS = [
+    "copper kettles",
+    "wooden bicycles",
+    "solar lanterns",
+    "glass marbles",
+    "wool blankets",
+    "ceramic tiles",
+    "paper kites",
+    "brass telescopes",
+    "rope ladders",
+    "clay pipes",
+]
+_COLORS = ["crimson", "teal", "amber", "violet", "olive", "silver", "indigo", "coral", "ivory", "jade"]
+_ANIMALS = ["otter", "heron", "lynx", "badger", "falcon", "tortoise", "gecko", "marten", "ibis", "vole"]
+
+
+def _made_up_name(rng: random.Random, parts: int = 2) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
+
+
+def _company_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    company = f"{_made_up_name(rng, 3)} {rng.choice(['Industries', 'Works', 'Labs', 'Trading Co.'])}"
+    founder = f"{rng.choice(_FIRST)} {_made_up_name(rng)}"
+    city = _made_up_name(rng) + rng.choice(_CITIES_SUFFIX)
+    year = str(rng.randint(1850, 2015))
+    product = rng.choice(_PRODUCTS)
+    staff = str(rng.randint(12, 9800))
+    color = rng.choice(_COLORS)
+    sentences = [
+        (
+            f"{company} was founded in {year} by {founder}.",
+            [(f"In which year was {company} founded?", year), (f"Who founded {company}?", founder)],
+        ),
+        (f"Its headquarters are in the town of {city}.", [(f"Where are the headquarters of {company}?", city)]),
+        (f"The company is best known for its {product}.", [(f"What is {company} best known for?", product)]),
+        (f"It employs {staff} people.", [(f"How many people does {company} employ?", staff)]),
+        (f"Its logo is {color}.", [(f"What color is the logo of {company}?", color)]),
+    ]
+    rest = sentences[1:]  # the founding sentence introduces the name; the rest say "it"
+    rng.shuffle(rest)
+    sentences = [sentences[0], *rest]
+    text = " ".join(s for s, _ in sentences)
+    return text, [qa for _, qas in sentences for qa in qas]
+
+
+def _person_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    person = f"{rng.choice(_FIRST)} {_made_up_name(rng)}"
+    city = _made_up_name(rng) + rng.choice(_CITIES_SUFFIX)
+    year = str(rng.randint(1890, 2005))
+    pet = f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
+    pet_name = _made_up_name(rng)
+    job = rng.choice(["lighthouse keeper", "clockmaker", "botanist", "cartographer", "violinist", "beekeeper"])
+    sentences = [
+        (
+            f"{person} was born in {year} in {city}.",
+            [(f"When was {person} born?", year), (f"Where was {person} born?", city)],
+        ),
+        (f"{person} works as a {job}.", [(f"What does {person} work as?", job)]),
+        (
+            f"{person} keeps a {pet} named {pet_name}.",
+            [(f"What is the name of {person}'s pet?", pet_name), (f"What animal does {person} keep?", pet)],
+        ),
+    ]
+    rng.shuffle(sentences)
+    return " ".join(s for s, _ in sentences), [qa for _, qas in sentences for qa in qas]
+
+
+def synthetic_fact_records(count: int, seed: int = 0, questions_per_doc: int = 2) -> list[QARecord]:
+    """``count`` records over fictional companies and people, seeded and unlimited."""
+    rng = random.Random(f"synthetic-facts-{seed}")
+    records: list[QARecord] = []
+    while len(records) < count:
+        paragraphs, qas = [], []
+        for _ in range(rng.randint(1, 3)):
+            text, facts = rng.choice([_company_facts, _person_facts])(rng)
+            paragraphs.append(text)
+            qas.extend(facts)
+        context = "\n\n".join(paragraphs)
+        for question, answer in rng.sample(qas, min(questions_per_doc, len(qas))):
+            records.append(QARecord(context, question, answer, "synthetic"))
+    return records[:count]
+
+
+# ---------------------------------------------------------------------------- needle in a haystack
+
+_FILLER_SUBJECTS = [
+    "The river",
+    "A quiet village",
+    "The old library",
+    "The morning train",
+    "A small garden",
+    "The harbour",
+    "The mountain path",
+    "An autumn market",
+    "The museum",
+    "A wooden bridge",
+]
+_FILLER_VERBS = [
+    "was calm",
+    "looked busy",
+    "stood empty",
+    "was painted again",
+    "smelled of rain",
+    "was full of visitors",
+    "seemed older than usual",
+    "glowed in the sunset",
+]
+_FILLER_TAILS = [
+    "that afternoon.",
+    "during the long winter.",
+    "after the festival.",
+    "for many years.",
+    "on most weekdays.",
+    "before the storm arrived.",
+    "in early spring.",
+    "at dawn.",
+]
+
+
+def filler_sentence(rng: random.Random) -> str:
+    return f"{rng.choice(_FILLER_SUBJECTS)} {rng.choice(_FILLER_VERBS)} {rng.choice(_FILLER_TAILS)}"
+
+
+def needle_records(
+    count: int,
+    haystack_tokens: int,
+    count_tokens: Callable[[str], int],
+    seed: int = 0,
+) -> list[QARecord]:
+    """Documents of about ``haystack_tokens`` tokens of filler with one fact at a random depth."""
+    rng = random.Random(f"needle-{seed}-{haystack_tokens}")
+    # Measure the filler once, then build each haystack to length by sentence count.
+    probe = [filler_sentence(rng) for _ in range(50)]
+    tokens_per_sentence = max(1.0, count_tokens(" ".join(probe)) / len(probe))
+    records = []
+    for _ in range(count):
+        key = f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
+        code = str(rng.randint(1000, 99999))
+        needle = f"The secret number of the {key} is {code}."
+        sentences = [filler_sentence(rng) for _ in range(max(1, int(haystack_tokens / tokens_per_sentence)))]
+        sentences.insert(rng.randint(0, len(sentences)), needle)
+        records.append(QARecord(" ".join(sentences), f"What is the secret number of the {key}?", code, "niah"))
+    return records
+
+
+# ---------------------------------------------------------------------------- unrelated questions
+
+
+def unrelated_records(records: list[QARecord], count: int, seed: int = 0) -> list[QARecord]:
+    """Pair documents with questions from other documents; the target is the base model's
+    answer without context, which teaches adapters to leave unrelated questions alone."""
+    rng = random.Random(f"unrelated-{seed}")
+    result = []
+    while len(result) < count and len(records) > 1:
+        doc, other = rng.sample(records, 2)
+        if doc.context != other.context:
+            result.append(QARecord(doc.context, other.question, None, "unrelated", teacher_sees_context=False))
+    return result
+
+
+def cycle(records: list[QARecord], seed: int) -> Iterator[QARecord]:
+    """Endless shuffled passes over ``records``."""
+    rng = random.Random(seed)
+    order = list(range(len(records)))
+    while True:
+        rng.shuffle(order)
+        for index in order:
+            yield records[index]

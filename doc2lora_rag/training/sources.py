@@ -1,0 +1,67 @@
+"""Turn the ``data`` entries of a training config into weighted record pools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from doc2lora_rag.training.data import (
+    QARecord,
+    jsonl_records,
+    needle_records,
+    squad_records,
+    synthetic_fact_records,
+    unrelated_records,
+)
+
+DEFAULT_TARGET = {"squad": "teacher", "jsonl": "teacher", "synthetic": "gold", "niah": "gold", "unrelated": "teacher"}
+
+
+@dataclass
+class Source:
+    kind: str
+    records: list[QARecord]
+    weight: float
+    target: str  # "teacher" (KL to the cached teacher) or "gold" (cross-entropy to the answer)
+
+
+def load_sources(specs: list[dict], tokenizer: PreTrainedTokenizerBase, *, seed: int = 0) -> list[Source]:
+    sources = []
+    for spec in specs:
+        kind = spec["kind"]
+        records = _records(kind, spec, tokenizer, spec.get("seed", seed))
+        target = spec.get("target", DEFAULT_TARGET.get(kind, "teacher"))
+        if target == "gold" and any(r.answer is None for r in records):
+            raise ValueError(f"data source {kind!r} has records without answers; use target 'teacher'")
+        if not records:
+            raise ValueError(f"data source {spec} yields no records")
+        sources.append(Source(kind, records, float(spec.get("weight", 1.0)), target))
+    return sources
+
+
+def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[QARecord]:
+    if kind in ("squad", "unrelated"):
+        split = spec.get("split", "train")
+        if split != "train" and not spec.get("allow_validation"):
+            raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
+        squad = squad_records(spec["path"], split, spec.get("per_paragraph"))
+        if kind == "squad":
+            return squad
+        return unrelated_records(squad, int(spec.get("count", 500)), seed=seed)
+    if kind == "jsonl":
+        return jsonl_records(spec["path"])
+    if kind == "synthetic":
+        return synthetic_fact_records(int(spec.get("count", 2000)), seed=seed)
+    if kind == "niah":
+
+        def count_tokens(text: str) -> int:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+
+        per_length = int(spec.get("count", 500))
+        return [
+            record
+            for length in spec.get("lengths", [64, 128, 256])
+            for record in needle_records(per_length, int(length), count_tokens, seed=seed)
+        ]
+    raise ValueError(f"unknown data source kind {kind!r}")

@@ -1,0 +1,308 @@
+"""Meta-training loop for the hypernetwork, readable top to bottom.
+
+Each step: sample records -> chunk their documents (a curriculum of 1..K chunks) -> read the
+chunks through the frozen base model (no gradients; cached in memory) -> the hypernetwork
+writes one adapter per row -> the base model with those adapters answers the question alone
+-> KL to the teacher's top-k (or cross-entropy to a gold answer) on response tokens only.
+
+Sampling is stateless (seeded by step), so a resumed run continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from doc2lora_rag.adapters.runtime import attached
+from doc2lora_rag.base_model.activations import layer_inputs
+from doc2lora_rag.base_model.fingerprint import model_fingerprint
+from doc2lora_rag.base_model.loading import BaseModel, load_base_model
+from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
+from doc2lora_rag.hypernetwork.chunking import pad_right
+from doc2lora_rag.hypernetwork.config import HypernetConfig
+from doc2lora_rag.hypernetwork.model import HyperNetwork
+from doc2lora_rag.training.data import QARecord
+from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.plots import plot_metrics
+from doc2lora_rag.training.sources import load_sources
+from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of a run; saved as ``train_config.json`` in the output directory."""
+
+    out: str
+    base_model: str | None = None
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    l1_weight: float = 1e-4
+    seed: int = 0
+    # Each source: {"kind": squad|jsonl|synthetic|niah|unrelated, "weight": w, "target": teacher|gold, ...}
+    data: list[dict] = field(default_factory=lambda: [{"kind": "synthetic", "count": 2000, "target": "gold"}])
+    chunk_curriculum: dict[str, float] = field(default_factory=lambda: {"1": 0.6, "2": 0.25, "3": 0.1, "4": 0.05})
+    max_doc_tokens: int = 1024
+    teacher_cache: str | None = None  # default: <out>/teacher-cache
+    teacher_top_k: int = 16
+    teacher_max_new_tokens: int = 32
+    hypernet: dict = field(default_factory=dict)  # HypernetConfig options
+    save_every: int = 100
+    log_every: int = 10
+    device: str | None = None
+    activation_cache_items: int = 20000
+    # False: start at once and skip records whose teacher targets are not cached yet (a
+    # background teacher pass fills them in); the trajectory then depends on that pass.
+    prefill_teacher: bool = True
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, base: BaseModel | None = None, *, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.distributed:
+            torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+            if device == "cuda":
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        self.base = base or load_base_model(config.base_model, device=device)
+        self.device = self.base.device
+        self.wrapper = ChatWrapper.for_tokenizer(self.base.tokenizer)
+        self.sources = load_sources(config.data, self.base.tokenizer, seed=config.seed)
+        self.teacher = TeacherCache(
+            config.teacher_cache or self.out / "teacher-cache",
+            Teacher(self.base, top_k=config.teacher_top_k, max_new_tokens=config.teacher_max_new_tokens),
+        )
+        self.hypernet = self._load_or_create_hypernet().to(self.device)
+        self.model = self.hypernet
+        if self.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.hypernet)
+        decay = [p for n, p in self.hypernet.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.hypernet.named_parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(0.9, 0.95),
+        )
+        self.step = 0
+        self._activations: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._resume_if_possible()
+
+    # ------------------------------------------------------------------ setup
+
+    def _load_or_create_hypernet(self) -> HyperNetwork:
+        checkpoint = self.out / "checkpoint"
+        if (checkpoint / "hypernet_config.json").is_file():
+            return HyperNetwork.from_pretrained(checkpoint, base_fingerprint=model_fingerprint(self.base.model))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return HyperNetwork(HypernetConfig.for_base_model(self.base, **self.config.hypernet))
+
+    def _resume_if_possible(self) -> None:
+        state_path = self.out / "checkpoint" / "trainer_state.json"
+        if not state_path.is_file():
+            return
+        state = json.loads(state_path.read_text())
+        tensors = load_file(self.out / "checkpoint" / "optimizer.safetensors", device=str(self.device))
+        self.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], tensors))
+        self.step = state["step"]
+
+    def prepare_teacher(self) -> int:
+        """Run the teacher over every record that needs one and is not cached yet."""
+        records = [r for source in self.sources for r in source.records if source.target == "teacher"]
+        return self.teacher.fill(records, progress=self.progress) if self.rank == 0 else 0
+
+    # ------------------------------------------------------------------ one step
+
+    def sample(self, step: int) -> list[tuple[QARecord, Target, int]]:
+        """The batch of ``step``: records, their targets and chunk counts (stateless)."""
+        rng = random.Random(f"{self.config.seed}-{step}-{self.rank}")
+        weights = [s.weight for s in self.sources]
+        curriculum = {int(k): v for k, v in self.config.chunk_curriculum.items()}
+        batch = []
+        for _ in range(1000 * self.config.batch_size):
+            if len(batch) == self.config.batch_size:
+                return batch
+            source = rng.choices(self.sources, weights)[0]
+            record = source.records[rng.randrange(len(source.records))]
+            target = self.target(record, source.target)
+            if target is None or len(target.tokens) == 0:
+                continue
+            chunks = rng.choices(list(curriculum), list(curriculum.values()))[0]
+            batch.append((record, target, chunks))
+        if len(batch) == self.config.batch_size:
+            return batch
+        raise RuntimeError("no trainable records: are the teacher targets cached? (prefill_teacher)")
+
+    def target(self, record: QARecord, kind: str) -> Target | None:
+        if kind == "gold":
+            tokens = self.base.tokenizer.encode(record.answer, add_special_tokens=False)
+            eos = self.base.tokenizer.eos_token_id
+            return Target.gold([*tokens, eos], self.config.teacher_top_k)
+        return self.teacher.get(record)
+
+    def chunk_activations(self, record: QARecord, chunks: int) -> list[torch.Tensor]:
+        """Source-layer activations ``[S, T, d]`` of each of ``chunks`` equal document parts."""
+        key = (record.context, chunks)
+        if key in self._activations:
+            self._activations.move_to_end(key)
+            return self._activations[key]
+        ids = self.base.tokenizer.encode(record.context, add_special_tokens=False)[: self.config.max_doc_tokens]
+        chunks = max(1, min(chunks, len(ids) // 16))
+        size = math.ceil(len(ids) / chunks)
+        pieces = [self.wrapper.wrap(ids[i : i + size]) for i in range(0, len(ids), size)]
+        input_ids, mask = pad_right(pieces, self.base.tokenizer.pad_token_id)
+        acts = layer_inputs(
+            self.base.model, input_ids.to(self.device), mask.to(self.device), self.hypernet.config.source_layers
+        )
+        result = [acts[:, i, : len(p)].to(torch.bfloat16) for i, p in enumerate(pieces)]
+        self._activations[key] = result
+        if len(self._activations) > self.config.activation_cache_items:
+            self._activations.popitem(last=False)
+        return result
+
+    def loss(self, batch: list[tuple[QARecord, Target, int]]) -> tuple[torch.Tensor, dict]:
+        chunk_acts, owners = [], []
+        for row, (record, _, chunks) in enumerate(batch):
+            for acts in self.chunk_activations(record, chunks):
+                chunk_acts.append(acts)
+                owners.append(row)
+        longest = max(a.shape[1] for a in chunk_acts)
+        sources, _, width = chunk_acts[0].shape
+        padded = torch.zeros(sources, len(chunk_acts), longest, width, device=self.device)
+        mask = torch.zeros(len(chunk_acts), longest, dtype=torch.bool, device=self.device)
+        for i, acts in enumerate(chunk_acts):
+            padded[:, i, : acts.shape[1]] = acts.float()
+            mask[i, : acts.shape[1]] = True
+        chunk_factors = self.model(padded.to(self.base.dtype), mask)
+        rows = self.hypernet.assemble_per_row(chunk_factors, owners, len(batch))
+        l1 = sum(a.abs().mean() + b.abs().mean() for a, b in chunk_factors.values())
+        config = self.hypernet.config
+        factors = {  # unbind, not a[i]: one backward op instead of one full-size zero fill per layer
+            config.module_paths[name][layer]: (a_layer, b_layer)
+            for name, (a, b) in rows.items()
+            for layer, a_layer, b_layer in zip(config.target_layers, a.unbind(0), b.unbind(0), strict=True)
+        }
+        prompts = [question_prompt(self.base.tokenizer, record.question) for record, _, _ in batch]
+        student = student_batch(self.base.tokenizer, prompts, [t for _, t, _ in batch]).to(self.device)
+        with attached(self.base.model, factors):
+            logits = response_logits(self.base.model, student)
+        kl = distillation_loss(logits, student)
+        loss = kl + self.config.l1_weight * l1
+        return loss, {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> Path:
+        config = self.config
+        if config.prefill_teacher:
+            self.prepare_teacher()
+        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        metrics_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        self.model.train()
+        started, done_here = time.perf_counter(), 0
+        while self.step < config.steps:
+            lr = learning_rate(config, self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, info = self.loss(self.sample(self.step))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.hypernet._fingerprint = None
+            self.step += 1
+            done_here += 1
+            rate = done_here / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", steps_per_h=f"{3600 * rate:.0f}")
+            if self.rank == 0 and (self.step % config.log_every == 0 or self.step == config.steps):
+                row = {
+                    "step": self.step,
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "steps_per_hour": 3600 * rate,
+                    "time": time.time(),
+                    **info,
+                }
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            if self.rank == 0 and (self.step % config.save_every == 0 or self.step == config.steps):
+                self.save()
+        bar.close()
+        return self.out / "checkpoint"
+
+    def save(self) -> None:
+        """Checkpoint atomically: write beside, then rename over the previous one."""
+        final = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.partial"
+        self.hypernet.save_pretrained(tmp)
+        layout, tensors = _flatten_optimizer(self.optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "optimizer": layout}))
+        old = self.out / "checkpoint.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            for path in old.iterdir():
+                path.unlink()
+            old.rmdir()
+        plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Optimizer state as JSON layout + named tensors (safetensors has nothing to execute)."""
+    tensors, layout = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        layout["state"][str(index)] = {}
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+                layout["state"][str(index)][name] = "tensor"
+            else:
+                layout["state"][str(index)][name] = value
+    return layout, tensors
+
+
+def _unflatten_optimizer(layout: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state = {}
+    for index, values in layout["state"].items():
+        state[int(index)] = {
+            name: tensors[f"{index}.{name}"] if value == "tensor" else value for name, value in values.items()
+        }
+    return {"param_groups": layout["param_groups"], "state": state}
