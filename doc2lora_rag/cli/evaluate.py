@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +32,7 @@ def evaluate(
     context_distillation: Annotated[bool, typer.Option(help="also run the per-document CD baseline")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     json_out: Annotated[Path | None, typer.Option(help="write all numbers as JSON here")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="write a Markdown report (with plots) here")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
 ) -> None:
     """Token F1 and answer-contains for no-context / in-context / adapter (/ CD), their ratio,
@@ -42,8 +45,9 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model)
-    modes = ["no_context", "in_context", "adapter"] + (["context_distillation"] if context_distillation else [])
-    results: dict = {"hypernet": hypernet or "shipped default", "qa": {}, "niah": {}}
+    modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
+    modes += ["context_distillation"] if context_distillation else []
+    results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "qa": {}, "niah": {}}
     for item in data or []:
         name, records = _eval_records(item, limit)
         report = evaluate_qa(engine, records, modes=modes, max_new_tokens=max_new_tokens)
@@ -53,6 +57,11 @@ def evaluate(
         lengths = [int(x) for x in niah.split(",") if x.strip()]
         results["niah"] = evaluate_niah(engine, lengths, count=niah_count, in_context_max_tokens=niah_in_context_max)
         _print_niah(results["niah"])
+    if markdown:
+        from doc2lora_rag.evaluation.report import write_markdown
+
+        write_markdown(results, markdown, command="doc2lora eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
+        console.print(f"wrote {markdown}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2))

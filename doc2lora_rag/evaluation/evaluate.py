@@ -17,7 +17,7 @@ from tqdm import tqdm
 from doc2lora_rag.evaluation.metrics import answer_contains, token_f1
 from doc2lora_rag.training.data import QARecord, needle_records
 
-MODES = ("no_context", "in_context", "adapter", "context_distillation")
+MODES = ("no_context", "in_context", "adapter", "unrelated_adapter", "context_distillation")
 
 
 @dataclass
@@ -66,11 +66,19 @@ def evaluate_qa(
         by_context[record.context].append(index)
     report = QAReport(num_questions=len(records), num_documents=len(by_context))
     answers: dict[str, list[str]] = {}
+    made: dict[str, dict] = {}
     for mode in modes:
         adapters = None
         if mode in ("adapter", "context_distillation"):
             adapters, seconds = _adapters_for(engine, records, by_context, mode, cd_steps, progress)
             report.seconds_per_document[mode] = seconds / max(1, len(by_context))
+            made[mode] = adapters
+        elif mode == "unrelated_adapter":
+            # Every question gets the adapter of another document: how much do adapters hurt
+            # questions they know nothing about (compare with no_context)?
+            own = made.get("adapter") or _adapters_for(engine, records, by_context, "adapter", cd_steps, progress)[0]
+            contexts = list(by_context)
+            adapters = {c: own[contexts[(i + 1) % len(contexts)]] for i, c in enumerate(contexts)}
         answers[mode] = _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress)
         report.scores[mode] = {
             "f1": _mean(token_f1(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),

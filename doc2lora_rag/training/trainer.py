@@ -90,7 +90,8 @@ class Trainer:
         self.config, self.progress = config, progress
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # Launched by torchrun or accelerate (one process per device): data-parallel hypernetwork.
+        self.distributed = "LOCAL_RANK" in os.environ
         self.rank = int(os.environ.get("RANK", "0"))
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.distributed:
@@ -225,8 +226,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def train(self) -> Path:
+    def train(self, until: int | None = None) -> Path:
+        """Train to ``config.steps`` (or stop early at step ``until``, checkpointed there)."""
         config = self.config
+        until = config.steps if until is None else min(until, config.steps)
         if config.prefill_teacher:
             self.prepare_teacher()
         (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -234,7 +237,7 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         self.model.train()
         started, done_here = time.perf_counter(), 0
-        while self.step < config.steps:
+        while self.step < until:
             lr = learning_rate(config, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -249,7 +252,7 @@ class Trainer:
             rate = done_here / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", steps_per_h=f"{3600 * rate:.0f}")
-            if self.rank == 0 and (self.step % config.log_every == 0 or self.step == config.steps):
+            if self.rank == 0 and (self.step % config.log_every == 0 or self.step == until):
                 row = {
                     "step": self.step,
                     "loss": loss.item(),
@@ -261,7 +264,7 @@ class Trainer:
                 }
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
-            if self.rank == 0 and (self.step % config.save_every == 0 or self.step == config.steps):
+            if self.rank == 0 and (self.step % config.save_every == 0 or self.step == until):
                 self.save()
         bar.close()
         return self.out / "checkpoint"

@@ -1,0 +1,66 @@
+"""The train and eval commands, driven as a user would, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from doc2lora_rag.cli import app
+from doc2lora_rag.testing import tiny_base_model
+
+TINY_NET = {"width": 32, "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "head_width": 16, "chunk_size": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tiny_base_model(max_positions=1024)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    base.model.save_pretrained(folder)
+    base.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({
+        "out": str(tmp_path / "run"), "base_model": str(tiny_model_dir), "steps": 4, "batch_size": 2,
+        "save_every": 2, "log_every": 1, "max_doc_tokens": 128, "hypernet": TINY_NET,
+        "data": [{"kind": "synthetic", "count": 4}],
+    }))
+    result = runner.invoke(app, ["train", "--config", str(config), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    checkpoint = tmp_path / "run" / "checkpoint"
+    assert (checkpoint / "hypernet.safetensors").is_file()
+    # Starting again over an existing run needs --resume, and --resume continues it.
+    again = runner.invoke(app, ["train", "--config", str(config), "--threads", "1"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    more = runner.invoke(app, ["train", "--config", str(config), "--steps", "6", "--resume", "--threads", "1"])
+    assert more.exit_code == 0, more.output
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+    report, numbers = tmp_path / "results.md", tmp_path / "results.json"
+    result = runner.invoke(app, [
+        "eval", "--hypernet", str(checkpoint), "--base-model", str(tiny_model_dir), "--data", "synthetic:4",
+        "--limit", "4", "--niah", "64", "--niah-count", "1", "--max-new-tokens", "4",
+        "--markdown", str(report), "--json-out", str(numbers),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(numbers.read_text())
+    scores = data["qa"]["synthetic-heldout"]["scores"]
+    assert set(scores) == {"no_context", "in_context", "adapter", "unrelated_adapter"}
+    assert all(0.0 <= s["f1"] <= 1.0 and 0.0 <= s["contains"] <= 1.0 for s in scores.values())
+    assert set(data["niah"]) == {"64"}
+    text = report.read_text()
+    assert "synthetic-heldout" in text and "Needle in a haystack" in text
+    assert (tmp_path / "results-qa.png").is_file() and (tmp_path / "results-niah.png").is_file()
+
+
+def test_train_refuses_a_config_without_output(tiny_model_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--base-model", str(tiny_model_dir), "--steps", "1"])
+    assert result.exit_code != 0
+    assert "--out" in result.output

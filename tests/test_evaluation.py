@@ -1,0 +1,107 @@
+"""Evaluation metrics and the QA evaluator on hand-made cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from doc2lora_rag.evaluation.evaluate import evaluate_qa
+from doc2lora_rag.evaluation.metrics import answer_contains, normalize_answer, token_f1
+from doc2lora_rag.training.data import QARecord
+
+
+def test_normalize_answer() -> None:
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "expected"),
+    [
+        ("Denver Broncos", "Denver Broncos", 1.0),
+        ("the Denver Broncos won", "Denver Broncos", 0.8),  # precision 2/3, recall 1
+        ("Carolina Panthers", "Denver Broncos", 0.0),
+        ("Denver", ["Denver Broncos", "Denver"], 1.0),  # best over gold answers
+        ("", "Denver", 0.0),
+    ],
+)
+def test_token_f1(prediction: str, gold, expected: float) -> None:
+    assert token_f1(prediction, gold) == pytest.approx(expected)
+
+
+def test_answer_contains_matches_whole_words_only() -> None:
+    assert answer_contains("It was built in 1871 by Odile.", "1871") == 1.0
+    assert answer_contains("It was built in 18712.", "1871") == 0.0
+    assert answer_contains("The keeper was Tomas Brennick", ["tomas brennick"]) == 1.0
+    assert answer_contains("anything", "") == 0.0
+
+
+@dataclass
+class _Completion:
+    text: str
+
+
+class _ScriptedEngine:
+    """Answers from a script keyed by (mode, question), so the scores are known exactly."""
+
+    def __init__(self, script: dict[tuple[str, str], str]):
+        self.script = script
+        self.internalized: list[str] = []
+
+    def internalize(self, text: str):
+        self.internalized.append(text)
+        return f"adapter:{text}"
+
+    def generate_batch(self, questions, *, adapters=None, contexts=None, max_new_tokens=48):
+        if contexts is not None:
+            mode = "in_context"
+        elif adapters is not None:
+            assert all(a.startswith("adapter:") for a in adapters)
+            mode = "adapter"
+        else:
+            mode = "no_context"
+        return [_Completion(self.script[(mode, q)]) for q in questions]
+
+
+def test_evaluate_qa_scores_each_mode_and_the_ratio() -> None:
+    records = [
+        QARecord("doc one", "q1?", "red"),
+        QARecord("doc one", "q2?", "blue whale"),
+        QARecord("doc two", "q3?", "1871"),
+    ]
+    script = {
+        ("no_context", "q1?"): "green", ("no_context", "q2?"): "a fish", ("no_context", "q3?"): "1900",
+        ("in_context", "q1?"): "red", ("in_context", "q2?"): "the blue whale", ("in_context", "q3?"): "1871",
+        ("adapter", "q1?"): "red", ("adapter", "q2?"): "whale", ("adapter", "q3?"): "1900",
+    }
+    engine = _ScriptedEngine(script)
+    report = evaluate_qa(engine, records, batch_size=2, progress=False)
+    assert sorted(engine.internalized) == ["doc one", "doc two"]  # one adapter per document
+    assert report.num_documents == 2 and report.num_questions == 3
+    assert report.scores["no_context"] == {"f1": 0.0, "contains": 0.0}
+    assert report.scores["in_context"]["contains"] == pytest.approx(1.0)
+    assert report.scores["adapter"]["contains"] == pytest.approx(1 / 3)
+    # adapter F1: 1.0 (red) + 2/3 (whale vs blue whale) + 0 = 5/3 over 3 questions
+    assert report.scores["adapter"]["f1"] == pytest.approx(5 / 9)
+    assert report.ratio("contains") == pytest.approx(1 / 3)
+    assert report.to_dict()["ratios"]["f1"] == pytest.approx((5 / 9) / report.scores["in_context"]["f1"])
+
+
+def test_unrelated_adapter_mode_uses_another_documents_adapter() -> None:
+    records = [QARecord("doc one", "q1?", "red"), QARecord("doc two", "q2?", "blue")]
+    seen = []
+
+    class _Recording(_ScriptedEngine):
+        def generate_batch(self, questions, *, adapters=None, contexts=None, max_new_tokens=48):
+            seen.extend(zip(questions, adapters or [None] * len(questions), strict=True))
+            return [_Completion("red") for _ in questions]
+
+    report = evaluate_qa(_Recording({}), records, modes=["unrelated_adapter"], progress=False)
+    assert dict(seen) == {"q1?": "adapter:doc two", "q2?": "adapter:doc one"}
+    assert report.scores["unrelated_adapter"]["contains"] == pytest.approx(0.5)
+
+
+def test_evaluate_qa_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="unknown modes"):
+        evaluate_qa(_ScriptedEngine({}), [QARecord("d", "q", "a")], modes=["telepathy"], progress=False)

@@ -1,0 +1,186 @@
+"""Meta-training on tiny random models: loss goes down, resume is exact, caches are reused."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.testing import tiny_base_model
+from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
+from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.sources import load_sources
+from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
+from doc2lora_rag.training.trainer import TrainConfig, Trainer, learning_rate
+
+SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+TINY_NET = {"width": 32, "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "head_width": 16, "chunk_size": 64}
+
+
+def _config(out: Path, steps: int, **overrides) -> TrainConfig:
+    options = dict(
+        out=str(out),
+        steps=steps,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=3,
+        save_every=5,
+        log_every=1,
+        max_doc_tokens=160,
+        data=[{"kind": "synthetic", "count": 4}],
+        hypernet=TINY_NET,
+    )
+    return TrainConfig(**{**options, **overrides})
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def test_a_few_dozen_steps_lower_the_loss(tmp_path: Path) -> None:
+    config = _config(tmp_path, 40, data=[{"kind": "synthetic", "count": 1}])
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    trainer.train()
+    losses = _losses(tmp_path)
+    first = sum(losses[s] for s in range(1, 6)) / 5
+    last = sum(losses[s] for s in range(36, 41)) / 5
+    assert last < 0.85 * first, (first, last)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "checkpoint" / "hypernet.safetensors").is_file()
+
+
+def test_resumed_run_continues_the_same_trajectory(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    Trainer(_config(straight, 10), base=tiny_base_model(max_positions=512), progress=False).train()
+    Trainer(_config(resumed, 10), base=tiny_base_model(max_positions=512), progress=False).train(until=5)
+    again = Trainer(_config(resumed, 10), base=tiny_base_model(max_positions=512), progress=False)
+    assert again.step == 5
+    again.train()
+    a, b = _losses(straight), _losses(resumed)
+    for step in range(6, 11):
+        assert math.isclose(a[step], b[step], rel_tol=1e-4), (step, a[step], b[step])
+
+
+def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tiny_base_model()
+    records = synthetic_fact_records(3, seed=5)
+    cache = TeacherCache(tmp_path, Teacher(base, top_k=4, max_new_tokens=6))
+    assert cache.fill(records, progress=False) == 3
+    first = cache.get(records[0])
+    assert first is not None and first.topk_ids.shape == (len(first.tokens), 4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher ran again although every target is cached")
+
+    reopened = TeacherCache(tmp_path, Teacher(base, top_k=4, max_new_tokens=6))
+    monkeypatch.setattr(reopened.teacher, "generate", refuse)
+    assert reopened.fill(records, progress=False) == 0
+    assert torch.equal(reopened.get(records[0]).tokens, first.tokens)
+    # Other settings are other keys: nothing is reused across them.
+    assert TeacherCache(tmp_path, Teacher(base, top_k=8, max_new_tokens=6)).missing(records) == records
+
+
+def test_gold_target_loss_is_cross_entropy() -> None:
+    base = tiny_base_model()
+    tokens = base.tokenizer.encode("42", add_special_tokens=False) + [base.tokenizer.eos_token_id]
+    target = Target.gold(tokens, top_k=4)
+    prompt = question_prompt(base.tokenizer, "What is the answer?")
+    batch = student_batch(base.tokenizer, [prompt], [target])
+    with torch.no_grad():
+        logits = response_logits(base.model, batch)
+        loss = distillation_loss(logits, batch)
+        expected = -logits.log_softmax(-1)[0, torch.arange(len(tokens)), torch.tensor(tokens)].mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_kl_to_the_students_own_top_k_is_its_missing_mass() -> None:
+    base = tiny_base_model()
+    prompt = question_prompt(base.tokenizer, "Hello?")
+    tokens = torch.tensor(base.tokenizer.encode("abc", add_special_tokens=False))
+    placeholder = Target(tokens, torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5))
+    batch = student_batch(base.tokenizer, [prompt], [placeholder])
+    with torch.no_grad():
+        top = response_logits(base.model, batch).log_softmax(-1).topk(5, dim=-1)
+    own = Target(tokens, top.indices[0], top.values[0])
+    batch = student_batch(base.tokenizer, [prompt], [own])
+    with torch.no_grad():
+        own_loss = distillation_loss(response_logits(base.model, batch), batch)
+    # The teacher is renormalised over its top k: matching it in proportion leaves exactly
+    # -log(mass the student puts on those k tokens), which training pushes to zero.
+    expected = -top.values[0].exp().sum(-1).log().mean()
+    assert torch.allclose(own_loss, expected, atol=1e-5)
+    assert own_loss.item() > 0
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(out="unused", steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(config, 0) == pytest.approx(0.1)
+    assert learning_rate(config, 9) == pytest.approx(1.0)
+    assert learning_rate(config, 55) == pytest.approx(0.55)
+    assert learning_rate(config, 100) == pytest.approx(0.1)
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_squad_split_and_validation_guard() -> None:
+    train = squad_records(SQUAD, "train")
+    validation = squad_records(SQUAD, "validation")
+    assert len(train) + len(validation) == 10570
+    assert not {r.context for r in train} & {r.context for r in validation}
+    base = tiny_base_model()
+    with pytest.raises(ValueError, match="validation"):
+        load_sources([{"kind": "squad", "path": str(SQUAD), "split": "validation"}], base.tokenizer)
+
+
+def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
+    first, again = synthetic_fact_records(20, seed=3), synthetic_fact_records(20, seed=3)
+    assert first == again and first != synthetic_fact_records(20, seed=4)
+    assert all(r.answer in r.context for r in first)
+    base = tiny_base_model()
+
+    def count(text: str) -> int:
+        return len(base.tokenizer.encode(text))
+
+    needles = needle_records(5, 300, count, seed=1)
+    for record in needles:
+        assert record.answer in record.context
+        assert 250 <= count(record.context) <= 360
+
+
+def test_cli_train_under_torchrun_single_process(tmp_path: Path) -> None:
+    """The multi-device path (torchrun, DDP over gloo) in its single-process form."""
+    base = tiny_base_model()
+    model_dir = tmp_path / "tiny"
+    base.model.save_pretrained(model_dir)
+    base.tokenizer.save_pretrained(model_dir)
+    config = _config(tmp_path / "run", 3, base_model=str(model_dir), save_every=3)
+    config_path = tmp_path / "train.json"
+    config_path.write_text(json.dumps({k: v for k, v in vars(config).items()}))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+        "-m", "doc2lora_rag.cli", "train", "--config", str(config_path), "--threads", "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3]
+    assert (tmp_path / "run" / "checkpoint" / "trainer_state.json").is_file()
+
+
+def test_records_without_targets_are_refused_for_gold() -> None:
+    base = tiny_base_model()
+    with pytest.raises(ValueError, match="without answers"):
+        load_sources([{"kind": "unrelated", "path": str(SQUAD), "count": 2, "target": "gold"}], base.tokenizer)
+
+
+def test_qa_record_keys_distinguish_teacher_context() -> None:
+    with_context = QARecord("doc", "q?")
+    without = QARecord("doc", "q?", teacher_sees_context=False)
+    assert with_context.key != without.key
