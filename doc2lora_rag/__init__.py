@@ -16,6 +16,7 @@ from doc2lora_rag.errors import (
 )
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
+from doc2lora_rag.index import Doc2LoRAIndex as Doc2LoRAIndex  # re-export
 
 __all__ = [
     "AdapterFormatError",

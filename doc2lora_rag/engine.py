@@ -130,7 +130,7 @@ class Doc2LoRA:
                 results[index] = {n: (a[row : row + 1], b[row : row + 1]) for n, (a, b) in factors.items()}
         return results
 
-    def _adapter(self, factors: dict, num_chunks: int, metadata: dict) -> LoRAAdapter:
+    def _adapter(self, factors: dict, num_chunks: int, metadata: dict, bias_rank: int | None = None) -> LoRAAdapter:
         return LoRAAdapter(
             factors=factors,
             layers=list(self.config.target_layers),
@@ -140,6 +140,7 @@ class Doc2LoRA:
             hypernet_fingerprint=self.hypernet.fingerprint,
             num_chunks=num_chunks,
             metadata=dict(metadata),
+            bias_rank=self.config.bias_rank if bias_rank is None else bias_rank,
         )
 
     # ------------------------------------------------------------------ answer

@@ -24,3 +24,7 @@ class UnknownIdError(Doc2LoRAError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return str(self.args[0]) if self.args else "unknown id"
+
+
+class StoreError(Doc2LoRAError):
+    """The adapter store cannot be opened, is busy with another writer, or is not a store."""

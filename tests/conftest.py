@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from doc2lora_rag import Doc2LoRA, HyperNetwork, HypernetConfig
+from doc2lora_rag import Doc2LoRA, HypernetConfig, HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 
 TINY_HYPERNET = dict(width=32, num_blocks=2, num_heads=4, num_kv_heads=2, head_width=16, chunk_size=48)

@@ -38,6 +38,8 @@ class LoRAAdapter:
     hypernet_fingerprint: str | None = None
     num_chunks: int = 1
     metadata: dict = field(default_factory=dict)
+    # The last ``bias_rank`` ranks are the hypernetwork's document-independent block.
+    bias_rank: int = 0
 
     @property
     def rank(self) -> int:
@@ -72,19 +74,29 @@ class LoRAAdapter:
                 raise IncompatibleModelError("cannot combine adapters made for different base models")
             if other.layers != first.layers or set(other.factors) != set(first.factors):
                 raise IncompatibleModelError("cannot combine adapters with different layers or modules")
-        factors = {
-            name: (
-                torch.cat([ad.factors[name][0] for ad in adapters], dim=1),
-                torch.cat([ad.factors[name][1] for ad in adapters], dim=2),
-            )
-            for name in first.factors
-        }
+        # The document-independent block is the same in every adapter of one hypernetwork:
+        # keep it once, so combining k documents does not add it k times.
+        shared = len({(ad.hypernet_fingerprint, ad.bias_rank) for ad in adapters}) == 1 and first.bias_rank > 0
+        factors = {}
+        for name in first.factors:
+            a_parts, b_parts = [], []
+            for ad in adapters:
+                a, b = ad.factors[name]
+                keep = a.shape[1] - ad.bias_rank if shared else a.shape[1]
+                a_parts.append(a[:, :keep])
+                b_parts.append(b[:, :, :keep])
+            if shared:
+                a, b = first.factors[name]
+                a_parts.append(a[:, -first.bias_rank :])
+                b_parts.append(b[:, :, -first.bias_rank :])
+            factors[name] = (torch.cat(a_parts, dim=1), torch.cat(b_parts, dim=2))
         hypernets = {ad.hypernet_fingerprint for ad in adapters}
         return first._replace(
             factors=factors,
             num_chunks=sum(ad.num_chunks for ad in adapters),
             hypernet_fingerprint=hypernets.pop() if len(hypernets) == 1 else None,
             metadata={"combined": [ad.metadata.get("id") for ad in adapters]},
+            bias_rank=first.bias_rank if shared else 0,
         )
 
     def _replace(self, **changes) -> LoRAAdapter:
@@ -129,6 +141,7 @@ class LoRAAdapter:
             "base_fingerprint": self.base_fingerprint,
             "hypernet_fingerprint": self.hypernet_fingerprint,
             "num_chunks": self.num_chunks,
+            "bias_rank": self.bias_rank,
             "metadata": self.metadata,
             "tensor_sha256": _tensor_digest(tensors),
         }
@@ -173,6 +186,7 @@ class LoRAAdapter:
             hypernet_fingerprint=info["hypernet_fingerprint"],
             num_chunks=info["num_chunks"],
             metadata=info["metadata"],
+            bias_rank=info.get("bias_rank", 0),
         )
 
 

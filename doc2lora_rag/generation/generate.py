@@ -29,7 +29,7 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
-def _generation_config(base: BaseModel, max_new_tokens: int, stop: Sequence[str] | None = None) -> GenerationConfig:
+def _generation_config(base: BaseModel, max_new_tokens: int) -> GenerationConfig:
     eos = base.model.generation_config.eos_token_id
     if eos is None:
         eos = base.tokenizer.eos_token_id
@@ -38,7 +38,6 @@ def _generation_config(base: BaseModel, max_new_tokens: int, stop: Sequence[str]
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=base.tokenizer.pad_token_id,
-        stop_strings=list(stop) if stop else None,
     )
 
 
@@ -46,6 +45,27 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
     """Text up to the first stop string, and whether one was found."""
     cut = min((i for s in stop or () if (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops a row once its *generated* text contains a stop string.
+
+    transformers' own stop-string check also looks at the prompt, so a stop string that
+    straddles the end of the chat prompt (``"\n\n"`` after ``"assistant\n"``) would end the
+    answer after one token; this one decodes only what was generated.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
+
+
+def _criteria(tokenizer, stop: Sequence[str] | None, prompt_length: int, *extra) -> StoppingCriteriaList:
+    criteria = [_StopStrings(tokenizer, stop, prompt_length)] if stop else []
+    return StoppingCriteriaList([*criteria, *extra])
 
 
 class _Cancelled(StoppingCriteria):
@@ -77,9 +97,12 @@ def complete(
     batch = tokenizer(
         list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     ).to(base.device)
-    config = _generation_config(base, max_new_tokens, stop)
+    config = _generation_config(base, max_new_tokens)
+    prompt_length = batch["input_ids"].shape[1]
     with adapters_attached(base.model, adapters, per_row=per_row):
-        output = base.model.generate(**batch, generation_config=config, tokenizer=tokenizer)
+        output = base.model.generate(
+            **batch, generation_config=config, stopping_criteria=_criteria(tokenizer, stop, prompt_length)
+        )
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     eos_ids = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
     completions = []
@@ -110,7 +133,7 @@ def stream(
     tokenizer = base.tokenizer
     batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(base.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    config = _generation_config(base, max_new_tokens, stop)
+    config = _generation_config(base, max_new_tokens)
     held_back = max((len(s) for s in stop or ()), default=1) - 1
     cancelled = _Cancelled()
     with adapters_attached(base.model, adapters):
@@ -123,8 +146,7 @@ def stream(
                         **batch,
                         generation_config=config,
                         streamer=streamer,
-                        tokenizer=tokenizer,
-                        stopping_criteria=StoppingCriteriaList([cancelled]),
+                        stopping_criteria=_criteria(tokenizer, stop, batch["input_ids"].shape[1], cancelled),
                     )
             except BaseException as error:  # re-raised in the reading thread below
                 failure.append(error)

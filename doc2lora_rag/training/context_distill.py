@@ -65,6 +65,5 @@ def context_distill(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return engine._adapter(
-        {n: (a.detach(), b.detach()) for n, (a, b) in factors.items()}, 1, {"method": "context_distillation"}
-    )
+    fitted = {n: (a.detach(), b.detach()) for n, (a, b) in factors.items()}
+    return engine._adapter(fitted, 1, {"method": "context_distillation"}, bias_rank=0)

@@ -1,0 +1,280 @@
+"""LoRA adapters: PEFT format, rank concatenation, per-row batches, detach, tampering."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import peft
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, LoRAAdapter
+from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
+from doc2lora_rag.adapters.runtime import adapters_attached
+
+SHORT_DOC = "The lighthouse keeper on Varn Island logs the tide at 06:40 every morning."
+LONG_DOC = (
+    "Quarterly notes. The orchard in Lessay harvested 412 crates of cider apples, "
+    "the mill ran nine days, and the new press was ordered from Rennes in March."
+)
+
+
+def token_ids(engine: Doc2LoRA, text: str) -> torch.Tensor:
+    """A chat-formatted question, as the engine would ask it."""
+    prompt = engine.prompt(text)
+    return engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def logits_of(model: nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    return model(input_ids=ids, **kwargs).logits.float()
+
+
+@pytest.fixture(scope="module")
+def short_adapter(tiny_engine: Doc2LoRA) -> LoRAAdapter:
+    return tiny_engine.internalize(SHORT_DOC)
+
+
+@pytest.fixture(scope="module")
+def long_adapter(tiny_engine: Doc2LoRA) -> LoRAAdapter:
+    return tiny_engine.internalize(LONG_DOC)
+
+
+@pytest.fixture(scope="module")
+def question(tiny_engine: Doc2LoRA) -> torch.Tensor:
+    return token_ids(tiny_engine, "When is the tide logged?")
+
+
+def test_adapters_change_the_model(tiny_engine, short_adapter, question) -> None:
+    """Guard for the equalities below: with random B heads an adapter is not a no-op."""
+    base = logits_of(tiny_engine.model, question)
+    with adapters_attached(tiny_engine.model, short_adapter):
+        adapted = logits_of(tiny_engine.model, question)
+    assert (adapted - base).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------- PEFT format
+
+
+def test_peft_round_trip(tiny_engine, short_adapter, question, tmp_path) -> None:
+    directory = short_adapter.save_pretrained(tmp_path / "adapter")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert config["peft_type"] == "LORA"
+    assert config["r"] == config["lora_alpha"] == short_adapter.rank
+    assert config["target_modules"] == ["down_proj"]
+    assert isinstance(peft.PeftConfig.from_pretrained(str(directory)), peft.LoraConfig)
+    assert (directory / WEIGHTS_FILE).is_file()
+
+    base_logits = logits_of(tiny_engine.model, question)
+    with adapters_attached(tiny_engine.model, short_adapter):
+        hooked = logits_of(tiny_engine.model, question)
+    peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(tiny_engine.model), str(directory))
+    peft_model.eval()
+    from_peft = logits_of(peft_model, question)
+    assert (from_peft - hooked).abs().max() < 1e-4
+    assert (from_peft - base_logits).abs().max() > 1e-3
+
+    loaded = LoRAAdapter.from_pretrained(directory)
+    assert loaded.layers == short_adapter.layers
+    assert loaded.module_paths == short_adapter.module_paths
+    assert loaded.base_fingerprint == short_adapter.base_fingerprint
+    assert loaded.hypernet_fingerprint == short_adapter.hypernet_fingerprint
+    assert loaded.num_chunks == short_adapter.num_chunks
+    assert loaded.metadata == short_adapter.metadata
+    assert (loaded.rank, loaded.nbytes) == (short_adapter.rank, short_adapter.nbytes)
+    for name, (a, b) in short_adapter.factors.items():
+        assert torch.equal(loaded.factors[name][0], a)
+        assert torch.equal(loaded.factors[name][1], b)
+
+
+def test_metadata_survives_round_trip(tiny_engine, tmp_path) -> None:
+    adapter = tiny_engine.internalize(SHORT_DOC, metadata={"id": "doc-7", "source": "notes.txt"})
+    loaded = LoRAAdapter.from_pretrained(adapter.save_pretrained(tmp_path / "meta"))
+    assert loaded.metadata == {"id": "doc-7", "source": "notes.txt"}
+
+
+@pytest.fixture
+def saved_adapter(short_adapter, tmp_path):
+    return short_adapter.save_pretrained(tmp_path / "saved") / WEIGHTS_FILE
+
+
+def test_flipped_tensor_bytes_are_detected(saved_adapter) -> None:
+    raw = bytearray(saved_adapter.read_bytes())
+    for offset in range(len(raw) - 40, len(raw) - 8):  # inside the last tensor's data
+        raw[offset] ^= 0x5A
+    saved_adapter.write_bytes(bytes(raw))
+    with pytest.raises(AdapterFormatError, match="checksum"):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01, 0.0])
+def test_truncated_file_is_refused(saved_adapter, keep: float) -> None:
+    raw = saved_adapter.read_bytes()
+    saved_adapter.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(AdapterFormatError, match="not a doc2lora adapter"):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+@pytest.mark.parametrize("length", [2**40, 2**64 - 1])
+def test_corrupted_header_length_is_refused(saved_adapter, length: int) -> None:
+    """A huge length in the first 8 bytes must not turn into a giant read."""
+    raw = saved_adapter.read_bytes()
+    saved_adapter.write_bytes(length.to_bytes(8, "little") + raw[8:])
+    with pytest.raises(AdapterFormatError):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+def test_missing_directory_is_refused(tmp_path) -> None:
+    with pytest.raises(AdapterFormatError, match="no adapter"):
+        LoRAAdapter.from_pretrained(tmp_path / "nowhere")
+
+
+def test_plain_peft_directory_is_refused(short_adapter, tmp_path) -> None:
+    """A PEFT adapter without our metadata cannot be checked, so it is not loaded."""
+    directory = tmp_path / "foreign"
+    directory.mkdir()
+    save_file(short_adapter.peft_state_dict(), directory / WEIGHTS_FILE)
+    with pytest.raises(AdapterFormatError):
+        LoRAAdapter.from_pretrained(directory)
+
+
+# ---------------------------------------------------------------------- rank concatenation
+
+
+def _bias_delta(adapter: LoRAAdapter, layer: int) -> torch.Tensor:
+    a, b = adapter.factors["down_proj"]
+    index = adapter.layers.index(layer)
+    return b[index][:, -adapter.bias_rank :] @ a[index][-adapter.bias_rank :]
+
+
+def test_concat_adds_deltas_and_keeps_one_bias_block(tiny_engine, short_adapter, long_adapter, question) -> None:
+    combined = LoRAAdapter.concat([short_adapter, long_adapter])
+    bias_rank = tiny_engine.config.bias_rank
+    assert short_adapter.bias_rank == long_adapter.bias_rank == combined.bias_rank == bias_rank > 0
+    assert combined.rank == short_adapter.rank + long_adapter.rank - bias_rank
+    assert combined.num_chunks == short_adapter.num_chunks + long_adapter.num_chunks
+    model = tiny_engine.model
+    dense = copy.deepcopy(model)
+    for layer in combined.layers:
+        assert _bias_delta(short_adapter, layer).abs().max() > 0
+        # The document-independent block is the same in both; it is counted once.
+        summed = (
+            short_adapter.delta("down_proj", layer)
+            + long_adapter.delta("down_proj", layer)
+            - _bias_delta(short_adapter, layer)
+        )
+        assert summed.abs().max() > 0
+        torch.testing.assert_close(combined.delta("down_proj", layer), summed, atol=1e-5, rtol=1e-4)
+        path = combined.module_paths["down_proj"][layer]
+        with torch.no_grad():
+            dense.get_submodule(path).weight.add_(summed)
+
+    with adapters_attached(model, combined):
+        hooked = logits_of(model, question)
+    with adapters_attached(model, [short_adapter, long_adapter]):
+        as_list = logits_of(model, question)
+    expected = logits_of(dense, question)
+    assert (hooked - expected).abs().max() < 1e-4
+    assert torch.equal(hooked, as_list)
+    assert (hooked - logits_of(model, question)).abs().max() > 1e-3
+
+
+def test_concat_refuses_mixed_base_models(short_adapter) -> None:
+    stranger = dataclasses.replace(short_adapter, base_fingerprint="0" * 16)
+    with pytest.raises(IncompatibleModelError):
+        LoRAAdapter.concat([short_adapter, stranger])
+    with pytest.raises(ValueError):
+        LoRAAdapter.concat([])
+
+
+# ------------------------------------------------------------------------- per-row batches
+
+
+def left_padded(engine: Doc2LoRA, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded batch with position ids that restart at each row's first real token."""
+    batch = engine.tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return {**batch, "position_ids": positions}
+
+
+def test_per_row_batch_equals_one_by_one(tiny_engine, short_adapter, long_adapter) -> None:
+    """Row i uses adapter i only (None = base), even with different ranks in one batch."""
+    assert short_adapter.rank != long_adapter.rank
+    model = tiny_engine.model
+    prompts = [
+        tiny_engine.prompt("Who keeps the lighthouse?"),
+        tiny_engine.prompt("How many crates?"),
+        tiny_engine.prompt("When was the new press ordered, and from which city?"),
+        tiny_engine.prompt("Tide?"),
+    ]
+    row_adapters = [short_adapter, None, long_adapter, long_adapter]
+    batch = left_padded(tiny_engine, prompts)
+    ids = batch.pop("input_ids")
+    assert batch["attention_mask"].sum(-1).unique().numel() > 1  # padding is exercised
+    with adapters_attached(model, row_adapters, per_row=True):
+        batched = logits_of(model, ids, **batch)[:, -1]
+    for row, (prompt, adapter) in enumerate(zip(prompts, row_adapters, strict=True)):
+        ids = tiny_engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with adapters_attached(model, adapter):
+            alone = logits_of(model, ids["input_ids"])[0, -1]
+        torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=0)
+        if adapter is not None:
+            assert (alone - logits_of(model, ids["input_ids"])[0, -1]).abs().max() > 1e-3
+
+
+def test_per_row_all_none_is_base(tiny_engine, question) -> None:
+    model = tiny_engine.model
+    base_logits = logits_of(model, question)
+    with adapters_attached(model, [None], per_row=True):
+        assert not any(m._forward_hooks for m in model.modules())
+        assert torch.equal(logits_of(model, question), base_logits)
+
+
+def test_per_row_refuses_mismatched_layers(tiny_engine, short_adapter) -> None:
+    fewer = dataclasses.replace(
+        short_adapter,
+        layers=short_adapter.layers[:2],
+        factors={n: (a[:2], b[:2]) for n, (a, b) in short_adapter.factors.items()},
+    )
+    with (
+        pytest.raises(ValueError, match="same layers"),
+        adapters_attached(tiny_engine.model, [short_adapter, fewer], per_row=True),
+    ):
+        pass
+
+
+# --------------------------------------------------------------------------------- detach
+
+
+def test_detach_leaves_no_hooks_and_no_copies(tiny_engine, short_adapter, question) -> None:
+    model = tiny_engine.model
+    paths = [short_adapter.module_paths["down_proj"][layer] for layer in short_adapter.layers]
+    weights = {p: model.get_submodule(p).weight for p in paths}
+    pointers = {p: w.data_ptr() for p, w in weights.items()}
+    values = {p: w.detach().clone() for p, w in weights.items()}
+    base_logits = logits_of(model, question)
+
+    with adapters_attached(model, short_adapter):
+        assert all(len(model.get_submodule(p)._forward_hooks) == 1 for p in paths)
+        assert {p: model.get_submodule(p).weight.data_ptr() for p in paths} == pointers
+        assert not torch.equal(logits_of(model, question), base_logits)
+
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert {p: model.get_submodule(p).weight.data_ptr() for p in paths} == pointers
+    assert all(torch.equal(model.get_submodule(p).weight, values[p]) for p in paths)
+    assert torch.equal(logits_of(model, question), base_logits)
+
+
+def test_detach_after_an_error(tiny_engine, short_adapter, question) -> None:
+    model = tiny_engine.model
+    base_logits = logits_of(model, question)
+    with pytest.raises(RuntimeError, match="boom"), adapters_attached(model, short_adapter):
+        raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(logits_of(model, question), base_logits)

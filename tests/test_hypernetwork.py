@@ -1,0 +1,191 @@
+"""Hypernetwork configuration, output shapes, masking and activation extraction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from doc2lora_rag import AdapterFormatError, HypernetConfig, HyperNetwork
+from doc2lora_rag.base_model.activations import layer_inputs
+from doc2lora_rag.base_model.layers import decoder_layers
+from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
+from doc2lora_rag.hypernetwork.model import CONFIG_FILE, WEIGHTS_FILE
+from doc2lora_rag.testing import tiny_base_model
+from tests.conftest import TINY_HYPERNET
+
+NUM_LAYERS = 4  # tiny_base_model's default depth
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_base_model(seed=0)
+
+
+def _config(base, **options) -> HypernetConfig:
+    return HypernetConfig.for_base_model(base, **{**TINY_HYPERNET, **options})
+
+
+@pytest.mark.parametrize(
+    ("source_layers", "expected"),
+    [("all", [0, 1, 2, 3]), ("quarter", [NUM_LAYERS // 4]), ([2, 0], [0, 2])],
+)
+def test_source_layer_choices(base, source_layers, expected: list[int]) -> None:
+    config = _config(base, source_layers=source_layers)
+    assert config.source_layers == expected
+    assert config.target_layers == list(range(NUM_LAYERS))
+    assert config.layers_per_source == NUM_LAYERS // len(expected)
+
+
+@pytest.mark.parametrize("source_layers", ["all", "quarter", [0, 2]])
+def test_forward_and_assemble_shapes(base, source_layers) -> None:
+    """The shapes promised in model.py: A [N, L, r, in], B [N, L, out, r]; assembled
+    factors stack chunks along the rank and append the bias block."""
+    config = _config(base, source_layers=source_layers)
+    torch.manual_seed(0)
+    network = HyperNetwork(config).eval()
+    sources, chunks, tokens = len(config.source_layers), 3, 11
+    hidden = base.model.config.hidden_size
+    in_features, out_features = config.target_modules["down_proj"]
+    activations = torch.randn(sources, chunks, tokens, hidden)
+    mask = torch.ones(chunks, tokens, dtype=torch.bool)
+    mask[1, 7:] = False
+    with torch.no_grad():
+        factors = network(activations, mask)
+        a, b = factors["down_proj"]
+        assert a.shape == (chunks, NUM_LAYERS, config.rank, in_features)
+        assert b.shape == (chunks, NUM_LAYERS, out_features, config.rank)
+        assert torch.isfinite(a).all()
+        a_all, b_all = network.assemble(factors)["down_proj"]
+    total_rank = chunks * config.rank + config.bias_rank
+    assert a_all.shape == (NUM_LAYERS, total_rank, in_features)
+    assert b_all.shape == (NUM_LAYERS, out_features, total_rank)
+    # Chunk c's rows sit at ranks [c*r, (c+1)*r) of every layer.
+    torch.testing.assert_close(a_all[2, config.rank : 2 * config.rank], a[1, 2])
+    torch.testing.assert_close(a_all[:, chunks * config.rank :], network.bias_a["down_proj"])
+
+
+def test_fresh_network_emits_zero_b_and_nonzero_a(base) -> None:
+    """Zero delta at initialisation must come from B alone, with A still informative."""
+    network = HyperNetwork(_config(base, source_layers="all")).eval()
+    activations = torch.randn(NUM_LAYERS, 2, 9, base.model.config.hidden_size)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    with torch.no_grad():
+        a, b = network.assemble(network(activations, mask))["down_proj"]
+    assert torch.count_nonzero(b) == 0
+    assert a.abs().sum() > 0
+
+
+def test_padding_is_ignored(base) -> None:
+    """A chunk padded inside a batch must get the same factors as the chunk on its own."""
+    torch.manual_seed(1)
+    network = HyperNetwork(_config(base, source_layers=[0, 2])).eval()
+    with torch.no_grad():
+        for name in network.heads.b_weight:
+            network.heads.b_weight[name].normal_(0, 0.02)
+    hidden = base.model.config.hidden_size
+    long, short = torch.randn(2, 1, 12, hidden), torch.randn(2, 1, 5, hidden)
+    padded = torch.cat([long, torch.cat([short, torch.randn(2, 1, 7, hidden)], dim=2)], dim=1)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        a_batch, b_batch = network(padded, mask)["down_proj"]
+        a_alone, b_alone = network(short, torch.ones(1, 5, dtype=torch.bool))["down_proj"]
+    assert b_alone.abs().sum() > 0
+    torch.testing.assert_close(a_batch[1:], a_alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b_batch[1:], b_alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("source_layers", "target_layers"), [([0, 1, 2], None), ([0, 1], [0, 1, 2])]
+)
+def test_uneven_split_is_refused(base, source_layers: list[int], target_layers) -> None:
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        _config(base, source_layers=source_layers, target_layers=target_layers)
+
+
+def test_invalid_sizes_are_refused(base) -> None:
+    with pytest.raises(ValueError, match="rank"):
+        _config(base, rank=0)
+    with pytest.raises(ValueError, match="num_heads"):
+        _config(base, width=30, num_heads=4)
+
+
+def test_config_json_round_trip(base, tmp_path) -> None:
+    config = _config(base, source_layers=[1, 3], rank=4, bias_rank=0, chunk_size=64)
+    path = tmp_path / "hypernet_config.json"
+    config.save(path)
+    loaded = HypernetConfig.from_dict(json.loads(path.read_text()))
+    assert loaded == config
+    assert loaded.scale == pytest.approx(2 * 4**1.5)
+    with pytest.raises(ValueError, match="unknown hypernetwork config keys"):
+        HypernetConfig.from_dict({**config.to_dict(), "surprise": 1})
+
+
+def test_bias_rank_zero_has_no_bias_block(base) -> None:
+    config = _config(base, bias_rank=0)
+    network = HyperNetwork(config).eval()
+    activations = torch.randn(1, 2, 6, base.model.config.hidden_size)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        a, _ = network.assemble(network(activations, mask))["down_proj"]
+    assert a.shape[1] == 2 * config.rank
+
+
+def test_layer_inputs_match_hidden_states_and_stop_early(base) -> None:
+    """The inputs of a layer are the model's hidden states there, and layers past the last
+    source never run (so an early read-out costs only part of a forward pass)."""
+    model = base.model
+    ids = torch.randint(3, 200, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    with torch.no_grad():
+        output = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    reference = output.hidden_states
+    calls: list[int] = []
+    stack = decoder_layers(model)
+    handles = [
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.append(i))
+        for i, layer in enumerate(stack)
+    ]
+    try:
+        captured = layer_inputs(model, ids, mask, [1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert captured.shape == (1, 2, 10, model.config.hidden_size)
+    torch.testing.assert_close(captured[0], reference[1])
+    assert calls == [0, 1]
+    both = layer_inputs(model, ids, mask, [2, 0])
+    torch.testing.assert_close(both[0], reference[2])
+    torch.testing.assert_close(both[1], reference[0])
+
+
+def test_token_budget_batches_respect_budget() -> None:
+    lengths = [30, 10, 50, 20, 50, 5]
+    batches = token_budget_batches(lengths, max_tokens=100)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_damaged_checkpoints_raise_format_errors(base, tmp_path) -> None:
+    """Missing, truncated or mismatched files are reported as AdapterFormatError."""
+    network = HyperNetwork(_config(base))
+    with pytest.raises(AdapterFormatError):
+        HyperNetwork.from_pretrained(tmp_path / "nowhere")
+    network.save_pretrained(tmp_path / "net")
+    assert HyperNetwork.from_pretrained(tmp_path / "net").fingerprint == network.fingerprint
+    weights = tmp_path / "net" / WEIGHTS_FILE
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(AdapterFormatError, match="cannot read"):
+        HyperNetwork.from_pretrained(tmp_path / "net")
+    weights.write_bytes(raw)
+    other = _config(base, width=64)
+    (tmp_path / "net" / CONFIG_FILE).write_text(json.dumps(other.to_dict()))
+    with pytest.raises(AdapterFormatError, match="do not fit"):
+        HyperNetwork.from_pretrained(tmp_path / "net")
