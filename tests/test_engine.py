@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from doc2lora_rag import (
 )
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.layers import decoder_layers
+from doc2lora_rag.base_model.loading import BaseModel
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS
 from doc2lora_rag.hypernetwork.chunking import chunk_token_ids
 from tests.conftest import make_tiny_engine
@@ -258,3 +260,20 @@ def test_one_bad_document_stops_the_batch(tiny_engine: Doc2LoRA) -> None:
 def test_bad_questions_are_refused(tiny_engine: Doc2LoRA, question) -> None:
     with pytest.raises(ValueError, match="question"):
         tiny_engine.generate(question, max_new_tokens=2)
+
+
+def test_bf16_engine_matches_fp32_up_to_precision() -> None:
+    """Adapters generated in bf16 (as on a GPU) agree with fp32 ones (as on a CPU)."""
+    fp32 = make_tiny_engine(seed=3, source_layers="all")
+    base16 = BaseModel(
+        model=copy.deepcopy(fp32.model).to(torch.bfloat16), tokenizer=fp32.tokenizer, name=fp32.base.name
+    )
+    bf16 = Doc2LoRA(base16, copy.deepcopy(fp32.hypernet))
+    assert bf16.fingerprint == fp32.fingerprint  # the fingerprint is dtype-independent
+    text = "The ferry Heron's Wake carries sixty cars across the strait every morning."
+    a32, a16 = fp32.internalize(text), bf16.internalize(text)
+    assert a16.dtype == torch.bfloat16
+    for name in a32.factors:
+        for full, half in zip(a32.factors[name], a16.factors[name], strict=True):
+            error = (full - half.float()).norm() / full.norm()
+            assert error < 0.05, (name, float(error))
