@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
 
@@ -25,6 +27,29 @@ def make_tiny_engine(seed: int = 0, *, randomize_b: bool = True, **options) -> D
             for name in network.bias_b:
                 network.bias_b[name].normal_(0, 0.001)
     return Doc2LoRA(base, network)
+
+
+VISIBLE = set(string.ascii_letters + string.digits)
+
+
+def make_text_engine(seed: int = 0, *, max_positions: int = 1024) -> Doc2LoRA:
+    """A tiny engine whose generations are visible text: a random tiny model mostly emits
+    whitespace or end-of-turn, so its output logits are masked to letters, digits and spaces,
+    and its B heads scaled up tenfold so that adapters visibly change what it writes."""
+    engine = make_tiny_engine(seed, max_positions=max_positions, source_layers="all")
+    with torch.no_grad():
+        for weight in engine.hypernet.heads.b_weight.values():
+            weight.mul_(10)
+    tokenizer = engine.tokenizer
+    allowed = [i for t, i in tokenizer.get_vocab().items() if t in VISIBLE or t == "Ġ"]
+    mask = torch.full((len(tokenizer),), float("-inf"))
+    mask[allowed] = 0.0
+
+    def visible_only(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + mask.to(output.dtype)
+
+    engine.model.lm_head.register_forward_hook(visible_only)
+    return engine
 
 
 @pytest.fixture(scope="session")

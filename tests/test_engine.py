@@ -20,7 +20,7 @@ from doc2lora_rag.base_model.layers import decoder_layers
 from doc2lora_rag.base_model.loading import BaseModel
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS
 from doc2lora_rag.hypernetwork.chunking import chunk_token_ids
-from tests.conftest import make_tiny_engine
+from tests.conftest import make_text_engine, make_tiny_engine
 
 DOC = "Ferns of the Ardmore valley: 31 species, 4 endemic, survey by M. Quill in 2019."
 
@@ -277,3 +277,19 @@ def test_bf16_engine_matches_fp32_up_to_precision() -> None:
         for full, half in zip(a32.factors[name], a16.factors[name], strict=True):
             error = (full - half.float()).norm() / full.norm()
             assert error < 0.05, (name, float(error))
+
+
+def test_threads_with_different_adapters_get_their_own_answers() -> None:
+    """Hooks live on the shared model: concurrent calls must not see each other's adapters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiny_engine = make_text_engine(seed=4)
+    docs = ["Harrow Point light was first lit in 1872.", "The Heron's Wake carries sixty cars."]
+    adapters = [tiny_engine.internalize(d) for d in docs] + [None]
+    question = "What do you know?"
+    expected = [tiny_engine.complete(question, adapters=a, max_new_tokens=6).text for a in adapters]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = [pool.submit(tiny_engine.complete, question, adapters=a, max_new_tokens=6) for a in adapters * 3]
+        texts = [job.result().text for job in jobs]
+    assert len(set(expected)) >= 2  # the adapters really change the answer
+    assert texts == expected * 3

@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from doc2lora_rag.base_model.layers import decoder_layers
+from doc2lora_rag.base_model.locking import model_lock
 
 
 class _EnoughLayers(Exception):
@@ -38,13 +39,14 @@ def layer_inputs(
 
         return hook
 
-    handles = [stack[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in set(layers)]
-    try:
-        backbone = getattr(model, "model", model)  # skip the LM head: only layer inputs matter
-        backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _EnoughLayers:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with model_lock(model):
+        handles = [stack[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in set(layers)]
+        try:
+            backbone = getattr(model, "model", model)  # skip the LM head: only layer inputs matter
+            backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _EnoughLayers:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
     return torch.stack([captured[i] for i in layers])

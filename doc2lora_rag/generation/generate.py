@@ -17,6 +17,7 @@ from transformers import (
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.loading import BaseModel
+from doc2lora_rag.base_model.locking import model_lock
 
 
 @dataclass
@@ -99,7 +100,7 @@ def complete(
     ).to(base.device)
     config = _generation_config(base, max_new_tokens)
     prompt_length = batch["input_ids"].shape[1]
-    with adapters_attached(base.model, adapters, per_row=per_row):
+    with model_lock(base.model), adapters_attached(base.model, adapters, per_row=per_row):
         output = base.model.generate(
             **batch, generation_config=config, stopping_criteria=_criteria(tokenizer, stop, prompt_length)
         )
@@ -136,7 +137,7 @@ def stream(
     config = _generation_config(base, max_new_tokens)
     held_back = max((len(s) for s in stop or ()), default=1) - 1
     cancelled = _Cancelled()
-    with adapters_attached(base.model, adapters):
+    with model_lock(base.model), adapters_attached(base.model, adapters):
         failure: list[BaseException] = []
 
         def run() -> None:

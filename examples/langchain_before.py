@@ -1,0 +1,87 @@
+"""A LangChain RAG app as usually written: a vector store, and retrieved chunks stuffed into
+the prompt. examples/langchain_after.py is the same app after the swap.
+
+Runs on the embedded default (SmolLM2-135M-Instruct), with a small deterministic embedding
+(hashed bag of words) so that nothing is downloaded:
+    python examples/langchain_before.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from pathlib import Path
+
+from langchain_core.callbacks import get_usage_metadata_callback
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from langchain_doc2lora import ChatDoc2LoRA
+
+DATA = Path(__file__).parent / "data"
+QUESTIONS = [
+    "Who was the last resident keeper of Harrow Point Lighthouse?",
+    "How long does the crossing of the Vell Ferry Service take?",
+    "Who bred the Glassblower pear?",
+]
+MAX_TOKENS = 32
+
+
+class HashedWordsEmbedding(Embeddings):
+    """Lower-cased words hashed into 512 buckets, L2-normalised: crude, but deterministic."""
+
+    def _embed(self, text: str) -> list[float]:
+        vector = [0.0] * 512
+        for word in re.findall(r"\w+", text.lower()):
+            vector[int(hashlib.sha1(word.encode()).hexdigest(), 16) % 512] += 1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._embed(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed(text)
+
+
+def format_docs(docs: list[Document]) -> str:
+    return "\n\n".join(doc.page_content for doc in docs)
+
+
+def main() -> None:
+    docs = [
+        Document(page_content=path.read_text(encoding="utf-8").strip(), metadata={"source": path.name})
+        for path in sorted(DATA.iterdir())
+        if path.suffix in {".md", ".txt"}
+    ]
+    embedding = HashedWordsEmbedding()
+    started = time.perf_counter()
+
+    vectorstore = InMemoryVectorStore.from_documents(docs, embedding)
+    llm = ChatDoc2LoRA(max_tokens=MAX_TOKENS)
+
+    retriever = vectorstore.as_retriever(search_kwargs={"k": 2})
+    prompt = ChatPromptTemplate.from_template(
+        "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
+    )
+    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+    print(f"indexed {len(docs)} documents in {time.perf_counter() - started:.1f} s")
+
+    total = 0
+    for question in QUESTIONS:
+        with get_usage_metadata_callback() as usage:
+            answer = chain.invoke(question)
+        tokens = sum(u["input_tokens"] for u in usage.usage_metadata.values())
+        total += tokens
+        print(f"\nQ: {question}\nA: {answer}\n   prompt tokens fed to the model: {tokens}")
+    print(f"\nprompt tokens for {len(QUESTIONS)} questions: {total}")
+
+
+if __name__ == "__main__":
+    main()

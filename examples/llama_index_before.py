@@ -1,0 +1,91 @@
+"""A LlamaIndex RAG app as usually written: a vector index, and retrieved nodes stuffed into
+the prompt. examples/llama_index_after.py is the same app after the swap.
+
+Runs on the embedded default (SmolLM2-135M-Instruct), with a small deterministic embedding
+(hashed bag of words) so that nothing is downloaded:
+    python examples/llama_index_before.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
+
+from llama_index_doc2lora import Doc2LoRALLM
+
+DATA = Path(__file__).parent / "data"
+QUESTIONS = [
+    "Who was the last resident keeper of Harrow Point Lighthouse?",
+    "How long does the crossing of the Vell Ferry Service take?",
+    "Who bred the Glassblower pear?",
+]
+MAX_TOKENS = 32
+
+
+class HashedWordsEmbedding(BaseEmbedding):
+    """Lower-cased words hashed into 512 buckets, L2-normalised: crude, but deterministic."""
+
+    def _embed(self, text: str) -> list[float]:
+        vector = [0.0] * 512
+        for word in re.findall(r"\w+", text.lower()):
+            vector[int(hashlib.sha1(word.encode()).hexdigest(), 16) % 512] += 1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed(text)
+
+
+class PromptTokens(BaseEventHandler):
+    """Adds up the prompt tokens the model reports for each call."""
+
+    total: int = 0
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent) and event.response is not None:
+            self.total += event.response.raw.get("prompt_tokens", 0)
+
+
+def main() -> None:
+    counter = PromptTokens()
+    get_dispatcher().add_event_handler(counter)
+    documents = SimpleDirectoryReader(str(DATA)).load_data()
+    embedding = HashedWordsEmbedding()
+    llm = Doc2LoRALLM(max_new_tokens=MAX_TOKENS)
+    started = time.perf_counter()
+
+    index = VectorStoreIndex.from_documents(documents, embed_model=embedding)
+
+    query_engine = index.as_query_engine(llm=llm, similarity_top_k=2)
+    print(f"indexed {len(documents)} documents in {time.perf_counter() - started:.1f} s")
+
+    total = 0
+    for question in QUESTIONS:
+        before = counter.total
+        response = query_engine.query(question)
+        tokens = counter.total - before
+        total += tokens
+        print(f"\nQ: {question}\nA: {response.response}")
+        print(f"   sources: {', '.join(n.node.metadata['file_name'] for n in response.source_nodes)}")
+        print(f"   prompt tokens fed to the model: {tokens}")
+    print(f"\nprompt tokens for {len(QUESTIONS)} questions: {total}")
+
+
+if __name__ == "__main__":
+    main()
