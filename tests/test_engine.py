@@ -293,3 +293,16 @@ def test_threads_with_different_adapters_get_their_own_answers() -> None:
         texts = [job.result().text for job in jobs]
     assert len(set(expected)) >= 2  # the adapters really change the answer
     assert texts == expected * 3
+
+
+def test_an_abandoned_stream_does_not_block_other_threads() -> None:
+    """A reader that stops reading a stream (without closing it) must not keep the model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = make_text_engine(seed=5)
+    pieces = engine.stream("Tell me about the ferry.", max_new_tokens=8)
+    assert next(pieces)  # read one piece, then walk away without closing the generator
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = pool.submit(engine.complete, "And the lighthouse?", max_new_tokens=4).result(timeout=120)
+    assert done.completion_tokens == 4
+    pieces.close()

@@ -137,39 +137,40 @@ def stream(
     config = _generation_config(base, max_new_tokens)
     held_back = max((len(s) for s in stop or ()), default=1) - 1
     cancelled = _Cancelled()
-    with model_lock(base.model), adapters_attached(base.model, adapters):
-        failure: list[BaseException] = []
+    failure: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    base.model.generate(
-                        **batch,
-                        generation_config=config,
-                        streamer=streamer,
-                        stopping_criteria=_criteria(tokenizer, stop, batch["input_ids"].shape[1], cancelled),
-                    )
-            except BaseException as error:  # re-raised in the reading thread below
-                failure.append(error)
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        text, sent = "", 0
+    def run() -> None:
+        # The worker owns the model while it generates: a reader that abandons the stream
+        # cannot leave the lock held or the hooks attached.
         try:
-            for piece in streamer:
-                text += piece
-                visible, stopped = cut_at_stop(text, stop)
-                limit = len(visible) if stopped else max(sent, len(visible) - held_back)
-                if limit > sent:
-                    yield visible[sent:limit]
-                    sent = limit
-                if stopped:
-                    return
-            if failure:
-                raise failure[0]
-            if len(text) > sent:
-                yield text[sent:]
-        finally:
-            cancelled.event.set()
-            worker.join()
+            with model_lock(base.model), adapters_attached(base.model, adapters), torch.inference_mode():
+                base.model.generate(
+                    **batch,
+                    generation_config=config,
+                    streamer=streamer,
+                    stopping_criteria=_criteria(tokenizer, stop, batch["input_ids"].shape[1], cancelled),
+                )
+        except BaseException as error:  # re-raised in the reading thread below
+            failure.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text, sent = "", 0
+    try:
+        for piece in streamer:
+            text += piece
+            visible, stopped = cut_at_stop(text, stop)
+            limit = len(visible) if stopped else max(sent, len(visible) - held_back)
+            if limit > sent:
+                yield visible[sent:limit]
+                sent = limit
+            if stopped:
+                return
+        if failure:
+            raise failure[0]
+        if len(text) > sent:
+            yield text[sent:]
+    finally:
+        cancelled.event.set()
+        worker.join()
