@@ -207,7 +207,8 @@ class Trainer:
         for i, acts in enumerate(chunk_acts):
             padded[:, i, : acts.shape[1]] = acts.float()
             mask[i, : acts.shape[1]] = True
-        chunk_factors = self.model(padded.to(self.base.dtype), mask)
+        # The hypernetwork trains in fp32 (its master weights); the hooks cast to the model dtype.
+        chunk_factors = self.model(padded, mask)
         rows = self.hypernet.assemble_per_row(chunk_factors, owners, len(batch))
         l1 = sum(a.abs().mean() + b.abs().mean() for a, b in chunk_factors.values())
         config = self.hypernet.config
