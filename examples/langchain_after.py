@@ -9,49 +9,16 @@ untrained, in which case the adapters carry little and the answers are poor:
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
 import time
-from pathlib import Path
 
+from _shared import DATA, MAX_TOKENS, QUESTIONS, HashedWordsEmbedding, format_docs  # noqa: I001
 from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
 from langchain_doc2lora import ChatDoc2LoRA, Doc2LoRAIndex
-
-DATA = Path(__file__).parent / "data"
-QUESTIONS = [
-    "Who was the last resident keeper of Harrow Point Lighthouse?",
-    "How long does the crossing of the Vell Ferry Service take?",
-    "Who bred the Glassblower pear?",
-]
-MAX_TOKENS = 32
-
-
-class HashedWordsEmbedding(Embeddings):
-    """Lower-cased words hashed into 512 buckets, L2-normalised: crude, but deterministic."""
-
-    def _embed(self, text: str) -> list[float]:
-        vector = [0.0] * 512
-        for word in re.findall(r"\w+", text.lower()):
-            vector[int(hashlib.sha1(word.encode()).hexdigest(), 16) % 512] += 1.0
-        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        return [v / norm for v in vector]
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self._embed(t) for t in texts]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self._embed(text)
-
-
-def format_docs(docs: list[Document]) -> str:
-    return "\n\n".join(doc.page_content for doc in docs)
 
 
 def main() -> None:

@@ -9,60 +9,16 @@ untrained, in which case the adapters carry little and the answers are poor:
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
 import time
-from pathlib import Path
-from typing import Any
 
+from _shared import DATA, MAX_TOKENS, QUESTIONS, PromptTokens
+from _shared import HashedWordsLlamaEmbedding as HashedWordsEmbedding
 from llama_index.core import SimpleDirectoryReader
-from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
 from llama_index.core.schema import MetadataMode
 
 from llama_index_doc2lora import Doc2LoRAIndex, Doc2LoRALLM
-
-DATA = Path(__file__).parent / "data"
-QUESTIONS = [
-    "Who was the last resident keeper of Harrow Point Lighthouse?",
-    "How long does the crossing of the Vell Ferry Service take?",
-    "Who bred the Glassblower pear?",
-]
-MAX_TOKENS = 32
-
-
-class HashedWordsEmbedding(BaseEmbedding):
-    """Lower-cased words hashed into 512 buckets, L2-normalised: crude, but deterministic."""
-
-    def _embed(self, text: str) -> list[float]:
-        vector = [0.0] * 512
-        for word in re.findall(r"\w+", text.lower()):
-            vector[int(hashlib.sha1(word.encode()).hexdigest(), 16) % 512] += 1.0
-        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        return [v / norm for v in vector]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed(text)
-
-
-class PromptTokens(BaseEventHandler):
-    """Adds up the prompt tokens the model reports for each call."""
-
-    total: int = 0
-
-    def handle(self, event: Any, **kwargs: Any) -> None:
-        if isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent) and event.response is not None:
-            self.total += event.response.raw.get("prompt_tokens", 0)
 
 
 def main() -> None:
