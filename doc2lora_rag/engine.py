@@ -125,7 +125,7 @@ class Doc2LoRA:
             ids, mask = pad_right([chunks[i] for i in batch], pad_id)
             ids, mask = ids.to(self.base.device), mask.to(self.base.device)
             activations = layer_inputs(self.model, ids, mask, self.config.source_layers)
-            factors = self.hypernet(activations, mask)
+            factors = self.hypernet(activations, mask, self.model.get_input_embeddings()(ids))
             for row, index in enumerate(batch):
                 results[index] = {n: (a[row : row + 1], b[row : row + 1]) for n, (a, b) in factors.items()}
         return results

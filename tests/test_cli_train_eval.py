@@ -38,10 +38,13 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     # Starting again over an existing run needs --resume, and --resume continues it.
     again = runner.invoke(app, ["train", "--config", str(config), "--threads", "1"])
     assert again.exit_code != 0 and "--resume" in again.output
-    more = runner.invoke(app, ["train", "--config", str(config), "--steps", "6", "--resume", "--threads", "1"])
+    more = runner.invoke(
+        app, ["train", "--config", str(config), "--steps", "8", "--until", "6", "--resume", "--threads", "1"]
+    )
     assert more.exit_code == 0, more.output
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 6
 
     report, numbers = tmp_path / "results.md", tmp_path / "results.json"
     result = runner.invoke(app, [
@@ -64,3 +67,20 @@ def test_train_refuses_a_config_without_output(tiny_model_dir: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--base-model", str(tiny_model_dir), "--steps", "1"])
     assert result.exit_code != 0
     assert "--out" in result.output
+
+
+def test_eval_runs_context_distillation_on_a_subset_beside_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    numbers, report = tmp_path / "results.json", tmp_path / "results.md"
+    result = CliRunner().invoke(app, [
+        "eval", "--base-model", str(tiny_model_dir), "--data", "synthetic:6", "--limit", "6",
+        "--context-distillation", "--cd-docs", "1", "--cd-steps", "2", "--max-new-tokens", "3",
+        "--json-out", str(numbers), "--markdown", str(report),
+    ])
+    assert result.exit_code == 0, result.output
+    qa = json.loads(numbers.read_text())["qa"]
+    assert "context_distillation" not in qa["synthetic-heldout"]["scores"]
+    subset = qa["synthetic-heldout (CD subset)"]
+    assert set(subset["scores"]) == {"in_context", "adapter", "context_distillation"}
+    assert subset["num_documents"] == 1 and subset["num_questions"] >= 1
+    assert subset["seconds_per_document"]["context_distillation"] > subset["seconds_per_document"]["adapter"] > 0
+    assert "Token F1 per second of update time" in report.read_text()

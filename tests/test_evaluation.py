@@ -105,3 +105,25 @@ def test_unrelated_adapter_mode_uses_another_documents_adapter() -> None:
 def test_evaluate_qa_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="unknown modes"):
         evaluate_qa(_ScriptedEngine({}), [QARecord("d", "q", "a")], modes=["telepathy"], progress=False)
+
+
+def test_answer_nll_matches_a_direct_forward_pass_and_sees_adapters(tiny_engine) -> None:
+    import torch
+
+    from doc2lora_rag.evaluation.likelihood import answer_nll
+
+    questions, answers = ["Who keeps it?", "When was the tide logged at dawn?"], ["Ada Moss", "06:40"]
+    batched = answer_nll(tiny_engine, questions, answers, batch_size=2)
+    tokenizer, model = tiny_engine.tokenizer, tiny_engine.model
+    for question, answer, value in zip(questions, answers, batched, strict=True):
+        prompt = tokenizer.encode(tiny_engine.prompt(question), add_special_tokens=False)
+        target = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0].float()
+        logprobs = logits[len(prompt) - 1 : -1].log_softmax(-1)
+        expected = -logprobs[torch.arange(len(target)), torch.tensor(target)].mean().item()
+        assert value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    adapter = tiny_engine.internalize("The lighthouse is kept by Ada Moss.")
+    with_adapter = answer_nll(tiny_engine, questions, answers, adapters=[adapter, None], batch_size=2)
+    assert with_adapter[0] != pytest.approx(batched[0], abs=1e-6)
+    assert with_adapter[1] == pytest.approx(batched[1], rel=1e-4, abs=1e-4)

@@ -52,7 +52,7 @@ def test_forward_and_assemble_shapes(base, source_layers) -> None:
     mask = torch.ones(chunks, tokens, dtype=torch.bool)
     mask[1, 7:] = False
     with torch.no_grad():
-        factors = network(activations, mask)
+        factors = network(activations, mask, torch.randn(chunks, tokens, hidden))
         a, b = factors["down_proj"]
         assert a.shape == (chunks, NUM_LAYERS, config.rank, in_features)
         assert b.shape == (chunks, NUM_LAYERS, out_features, config.rank)
@@ -72,7 +72,8 @@ def test_fresh_network_emits_zero_b_and_nonzero_a(base) -> None:
     activations = torch.randn(NUM_LAYERS, 2, 9, base.model.config.hidden_size)
     mask = torch.ones(2, 9, dtype=torch.bool)
     with torch.no_grad():
-        a, b = network.assemble(network(activations, mask))["down_proj"]
+        embeddings = torch.randn(2, 9, base.model.config.hidden_size)
+        a, b = network.assemble(network(activations, mask, embeddings))["down_proj"]
     assert torch.count_nonzero(b) == 0
     assert a.abs().sum() > 0
 
@@ -80,18 +81,22 @@ def test_fresh_network_emits_zero_b_and_nonzero_a(base) -> None:
 def test_padding_is_ignored(base) -> None:
     """A chunk padded inside a batch must get the same factors as the chunk on its own."""
     torch.manual_seed(1)
-    network = HyperNetwork(_config(base, source_layers=[0, 2])).eval()
+    network = HyperNetwork(_config(base, source_layers=[0, 2], pointer=True)).eval()
     with torch.no_grad():
         for name in network.heads.b_weight:
             network.heads.b_weight[name].normal_(0, 0.02)
+        for gain in network.pointer.gain.values():
+            gain.normal_(0, 0.01)
     hidden = base.model.config.hidden_size
     long, short = torch.randn(2, 1, 12, hidden), torch.randn(2, 1, 5, hidden)
     padded = torch.cat([long, torch.cat([short, torch.randn(2, 1, 7, hidden)], dim=2)], dim=1)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 5:] = False
+    embed_long, embed_short = torch.randn(1, 12, hidden), torch.randn(1, 5, hidden)
+    embeddings = torch.cat([embed_long, torch.cat([embed_short, torch.randn(1, 7, hidden)], dim=1)])
     with torch.no_grad():
-        a_batch, b_batch = network(padded, mask)["down_proj"]
-        a_alone, b_alone = network(short, torch.ones(1, 5, dtype=torch.bool))["down_proj"]
+        a_batch, b_batch = network(padded, mask, embeddings)["down_proj"]
+        a_alone, b_alone = network(short, torch.ones(1, 5, dtype=torch.bool), embed_short)["down_proj"]
     assert b_alone.abs().sum() > 0
     torch.testing.assert_close(a_batch[1:], a_alone, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b_batch[1:], b_alone, atol=1e-5, rtol=1e-4)
@@ -129,7 +134,9 @@ def test_bias_rank_zero_has_no_bias_block(base) -> None:
     activations = torch.randn(1, 2, 6, base.model.config.hidden_size)
     mask = torch.ones(2, 6, dtype=torch.bool)
     with torch.no_grad():
-        a, _ = network.assemble(network(activations, mask))["down_proj"]
+        a, _ = network.assemble(network(activations, mask, torch.randn(*mask.shape, activations.shape[-1])))[
+            "down_proj"
+        ]
     assert a.shape[1] == 2 * config.rank
 
 
@@ -189,3 +196,52 @@ def test_damaged_checkpoints_raise_format_errors(base, tmp_path) -> None:
     (tmp_path / "net" / CONFIG_FILE).write_text(json.dumps(other.to_dict()))
     with pytest.raises(AdapterFormatError, match="do not fit"):
         HyperNetwork.from_pretrained(tmp_path / "net")
+
+
+def test_input_statistics_make_the_network_blind_to_per_dimension_scale_and_offset(base, tmp_path) -> None:
+    """Outlier dimensions of a residual stream are divided away: the same tokens shifted and
+    scaled per dimension give the same factors once the statistics are measured on them."""
+    torch.manual_seed(2)
+    network = HyperNetwork(_config(base, source_layers=[0, 2])).eval()
+    with torch.no_grad():
+        for name in network.heads.b_weight:
+            network.heads.b_weight[name].normal_(0, 0.02)
+    hidden = base.model.config.hidden_size
+    tokens = torch.randn(2, 1, 10, hidden)
+    scale, offset = torch.rand(2, 1, 1, hidden) * 50 + 0.1, torch.randn(2, 1, 1, hidden) * 20
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    twin = HyperNetwork(network.config).eval()
+    twin.load_state_dict(network.state_dict())
+    network.set_input_statistics([tokens[:, 0]])
+    twin.set_input_statistics([(tokens * scale + offset)[:, 0]])
+    embeddings = torch.randn(1, 10, hidden)
+    with torch.no_grad():
+        a, b = network(tokens, mask, embeddings)["down_proj"]
+        a_twin, b_twin = twin(tokens * scale + offset, mask, embeddings)["down_proj"]
+    torch.testing.assert_close(a_twin, a, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(b_twin, b, atol=1e-4, rtol=1e-3)
+    assert not torch.equal(network.input_std, twin.input_std)
+    # The statistics travel with the weights.
+    twin.save_pretrained(tmp_path / "net")
+    loaded = HyperNetwork.from_pretrained(tmp_path / "net")
+    torch.testing.assert_close(loaded.input_std, twin.input_std)
+    assert loaded.fingerprint == twin.fingerprint
+
+
+def test_pointer_writes_document_token_embeddings_into_b(base) -> None:
+    """With the pointer's gain set and every other B source silenced, each B column is a
+    convex mix of the chunk's token embeddings (padding never chosen), times its gain."""
+    torch.manual_seed(3)
+    network = HyperNetwork(_config(base, source_layers=[0, 2], bias_rank=0, pointer=True)).eval()
+    hidden = base.model.config.hidden_size
+    tokens = torch.randn(2, 1, 6, hidden)
+    embeddings = torch.cat([torch.eye(hidden)[:4], torch.full((2, hidden), 1e6)])[None]  # 2 padded rows
+    mask = torch.tensor([[True, True, True, True, False, False]])
+    with torch.no_grad():
+        network.pointer.gain["down_proj"].fill_(0.01)
+        _, b = network(tokens, mask, embeddings)["down_proj"]
+    weights = b[0] / (100.0 * 0.01)  # [L, d, r]: columns are mixing weights over the 4 one-hot embeddings
+    torch.testing.assert_close(weights[:, :4].sum(1), torch.ones(NUM_LAYERS, network.config.rank))
+    assert (weights[:, :4] >= 0).all() and weights[:, 4:].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="embeddings"):
+        network(tokens, mask)

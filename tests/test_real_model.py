@@ -9,11 +9,15 @@ import time
 import peft
 import pytest
 import torch
+from safetensors import safe_open
 
-from doc2lora_rag import Doc2LoRA, LoRAAdapter
+from doc2lora_rag import Doc2LoRA, HyperNetwork, LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import DEFAULT_MODEL_NAME, load_base_model
+from doc2lora_rag.engine import DEFAULT_CHECKPOINT
+from doc2lora_rag.evaluation.likelihood import answer_nll
+from doc2lora_rag.training.data import synthetic_fact_records
 
 pytestmark = pytest.mark.real_model
 
@@ -43,10 +47,10 @@ def test_internalize_short_document(real_engine: Doc2LoRA, adapter: LoRAAdapter)
     config, model_config = real_engine.config, real_engine.model.config
     assert adapter.num_chunks == 1
     assert adapter.rank == config.rank + config.bias_rank
-    assert adapter.layers == list(range(model_config.num_hidden_layers))
+    assert adapter.layers == config.target_layers
     width = model_config.intermediate_size + model_config.hidden_size  # down_proj in + out
     element = torch.finfo(adapter.dtype).bits // 8
-    assert adapter.nbytes == model_config.num_hidden_layers * adapter.rank * width * element
+    assert adapter.nbytes == len(config.target_layers) * adapter.rank * width * element
     a, b = adapter.factors["down_proj"]
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
     assert a.abs().sum() > 0
@@ -87,3 +91,26 @@ def test_generate_in_context(real_engine: Doc2LoRA) -> None:
     answer = real_engine.generate(QUESTION, context=DOC, max_new_tokens=8)
     assert isinstance(answer, str)
     assert answer.strip()
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_CHECKPOINT / "hypernet_config.json").is_file(), reason="no hypernetwork is shipped yet"
+)
+def test_shipped_hypernetwork_is_the_default_and_reads_documents(real_engine: Doc2LoRA) -> None:
+    """The package's checkpoint loads by default (bf16, <= 40 MB), and its adapters carry their
+    own document: the gold answers of held-out fact documents are likelier with their own
+    document's adapter than with another's."""
+    weights = DEFAULT_CHECKPOINT / "hypernet.safetensors"
+    assert weights.stat().st_size <= 40 * 1024**2
+    with safe_open(weights, "pt") as handle:
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}  # noqa: SIM118
+    shipped = HyperNetwork.from_pretrained(DEFAULT_CHECKPOINT)
+    assert real_engine.hypernet.fingerprint == shipped.fingerprint
+    records = synthetic_fact_records(16, seed=31337)
+    adapters = {r.context: real_engine.internalize(r.context) for r in records}
+    contexts = list(adapters)
+    others = [adapters[contexts[(contexts.index(r.context) + 1) % len(contexts)]] for r in records]
+    questions, answers = [r.question for r in records], [r.answer for r in records]
+    own = answer_nll(real_engine, questions, answers, adapters=[adapters[r.context] for r in records])
+    other = answer_nll(real_engine, questions, answers, adapters=others)
+    assert sum(own) < sum(other), (sum(own) / len(own), sum(other) / len(other))

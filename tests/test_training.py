@@ -184,3 +184,61 @@ def test_qa_record_keys_distinguish_teacher_context() -> None:
     with_context = QARecord("doc", "q?")
     without = QARecord("doc", "q?", teacher_sees_context=False)
     assert with_context.key != without.key
+
+
+def test_probe_gap_is_zero_for_a_fresh_network_and_not_for_a_document_reading_one(tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path, 1, probe_records=8), base=tiny_base_model(max_positions=512), progress=False)
+    records = trainer.probe_set()
+    assert records == synthetic_fact_records(8, seed=424242)
+    fresh = trainer.probe(records)
+    assert fresh["probe_gap"] == 0.0 and fresh["probe_own"] == fresh["probe_other"] > 0
+    with torch.no_grad():
+        for weight in trainer.hypernet.heads.b_weight.values():
+            weight.normal_(0, 0.5)
+    random = trainer.probe(records)
+    assert random["probe_gap"] != 0.0 and random["probe_own"] != fresh["probe_own"]
+
+
+def test_probe_rows_land_in_the_metrics(tmp_path: Path) -> None:
+    config = _config(tmp_path, 4, log_every=3, probe_every=2, probe_records=4)
+    Trainer(config, base=tiny_base_model(max_positions=512), progress=False).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4]
+    assert ["probe_gap" in r for r in rows] == [True, False, True]
+
+
+def test_init_from_another_run_keeps_its_weights_and_adds_the_pointer(tmp_path: Path) -> None:
+    base = tiny_base_model(max_positions=512)
+    first = _config(tmp_path / "first", 3, hypernet={**TINY_NET, "pointer": False})
+    Trainer(first, base=base, progress=False).train()
+    saved = Trainer(first, base=base, progress=False).hypernet
+    second_config = _config(
+        tmp_path / "second", 2, init_from=str(tmp_path / "first" / "checkpoint"), hypernet={**TINY_NET, "pointer": True}
+    )
+    second = Trainer(second_config, base=base, progress=False)
+    assert second.step == 0 and second.hypernet.pointer is not None
+    state = second.hypernet.state_dict()
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(state[name], tensor), name
+    assert all(torch.count_nonzero(g) == 0 for g in second.hypernet.pointer.gain.values())
+    other = _config(tmp_path / "third", 2, init_from=str(tmp_path / "first" / "checkpoint"),
+                    hypernet={**TINY_NET, "rank": 2})
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(other, base=base, progress=False)
+
+
+def test_contrastive_term_answers_with_another_documents_adapter(tmp_path: Path) -> None:
+    data = [{"kind": "synthetic", "count": 8}]
+    config = _config(tmp_path, 2, contrastive_weight=1.0, contrastive_margin=100.0, data=data)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    with torch.no_grad():
+        for weight in trainer.hypernet.heads.b_weight.values():
+            weight.normal_(0, 0.5)
+    batch = trainer.sample(0)
+    loss, info = trainer.loss(batch)
+    # With a margin no gap reaches, the term is exactly margin - (other - own).
+    expected = info["kl"] + config.l1_weight * info["l1"] + 100.0 - (info["kl_other"] - info["kl"])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert info["kl_other"] != info["kl"]
+    trainer.model.eval()
+    assert "kl_other" not in trainer.loss(batch)[1]

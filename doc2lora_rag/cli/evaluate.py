@@ -30,6 +30,10 @@ def evaluate(
     niah_count: Annotated[int, typer.Option(help="needles per haystack length")] = 10,
     niah_in_context_max: Annotated[int, typer.Option(help="longest haystack also run in context")] = 8192,
     context_distillation: Annotated[bool, typer.Option(help="also run the per-document CD baseline")] = False,
+    cd_docs: Annotated[
+        int, typer.Option(help="run the CD baseline on the first N documents of each data source only (0: all)")
+    ] = 0,
+    cd_steps: Annotated[int, typer.Option(help="optimiser steps of the CD baseline per document")] = 30,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     json_out: Annotated[Path | None, typer.Option(help="write all numbers as JSON here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write a Markdown report (with plots) here")] = None,
@@ -46,13 +50,21 @@ def evaluate(
         torch.set_num_threads(threads)
     engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model)
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
-    modes += ["context_distillation"] if context_distillation else []
+    modes += ["context_distillation"] if context_distillation and not cd_docs else []
     results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "qa": {}, "niah": {}}
     for item in data or []:
         name, records = _eval_records(item, limit)
-        report = evaluate_qa(engine, records, modes=modes, max_new_tokens=max_new_tokens)
-        results["qa"][name] = report.to_dict()
-        _print_qa(name, report)
+        runs = [(name, records, modes)]
+        if context_distillation and cd_docs:
+            # CD costs seconds to minutes per document: compare it with the adapter on a subset.
+            subset = _first_documents(records, cd_docs)
+            runs.append((f"{name} (CD subset)", subset, ["in_context", "adapter", "context_distillation"]))
+        for run_name, run_records, run_modes in runs:
+            report = evaluate_qa(
+                engine, run_records, modes=run_modes, max_new_tokens=max_new_tokens, cd_steps=cd_steps, likelihood=True
+            )
+            results["qa"][run_name] = report.to_dict()
+            _print_qa(run_name, report)
     if niah:
         lengths = [int(x) for x in niah.split(",") if x.strip()]
         results["niah"] = evaluate_niah(engine, lengths, count=niah_count, in_context_max_tokens=niah_in_context_max)
@@ -82,6 +94,15 @@ def _eval_records(item: str, limit: int):
     raise typer.BadParameter(f"unknown eval data {item!r}")
 
 
+def _first_documents(records: list, count: int) -> list:
+    """The records of the first ``count`` distinct documents."""
+    kept: list[str] = []
+    for record in records:
+        if record.context not in kept and len(kept) < count:
+            kept.append(record.context)
+    return [r for r in records if r.context in kept]
+
+
 def _spread(records: list, limit: int) -> list:
     """An even sample across the file, so every validation article is represented."""
     if len(records) <= limit:
@@ -92,16 +113,17 @@ def _spread(records: list, limit: int) -> list:
 
 def _print_qa(name: str, report) -> None:
     table = Table(title=f"{name}: {report.num_questions} questions, {report.num_documents} documents")
-    for column in ("mode", "token F1", "answer-contains", "update s/doc"):
+    for column in ("mode", "token F1", "answer-contains", "answer NLL", "update s/doc"):
         table.add_column(column)
     for mode, scores in report.scores.items():
         seconds = report.seconds_per_document.get(mode)
+        nll = f"{scores['nll']:.3f}" if "nll" in scores else ""
         table.add_row(
-            mode, f"{scores['f1']:.3f}", f"{scores['contains']:.3f}", "" if seconds is None else f"{seconds:.2f}"
+            mode, f"{scores['f1']:.3f}", f"{scores['contains']:.3f}", nll, "" if seconds is None else f"{seconds:.2f}"
         )
     for metric in ("f1", "contains"):
         ratio = report.ratio(metric)
-        table.add_row(f"adapter / in-context ({metric})", "", "" if ratio is None else f"{ratio:.3f}", "")
+        table.add_row(f"adapter / in-context ({metric})", "", "" if ratio is None else f"{ratio:.3f}", "", "")
     console.print(table)
 
 

@@ -21,6 +21,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --out")] = False,
+    until: Annotated[
+        int | None, typer.Option(help="stop (checkpointed) at this step; the schedule still runs to --steps")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
 ) -> None:
     """Meta-train a hypernetwork; --resume continues the run in --out from its checkpoint."""
@@ -48,7 +51,7 @@ def train(
     checkpoint = Path(train_config.out) / "checkpoint"
     if checkpoint.exists() and not resume:
         raise typer.BadParameter(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    path = Trainer(train_config).train()
+    path = Trainer(train_config).train(until=until)
     typer.echo(f"checkpoint: {path}")
 
 

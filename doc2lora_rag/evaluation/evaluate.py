@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from doc2lora_rag.evaluation.likelihood import answer_nll
 from doc2lora_rag.evaluation.metrics import answer_contains, token_f1
 from doc2lora_rag.training.data import QARecord, needle_records
 
@@ -54,9 +55,11 @@ def evaluate_qa(
     max_new_tokens: int = 48,
     batch_size: int = 8,
     cd_steps: int = 30,
+    likelihood: bool = False,
     progress: bool = True,
 ) -> QAReport:
-    """Answer every record in each mode and score it against its gold answer."""
+    """Answer every record in each mode and score it against its gold answer; with
+    ``likelihood``, also the mean negative log-likelihood of the gold answer (``nll``)."""
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}")
@@ -84,6 +87,17 @@ def evaluate_qa(
             "f1": _mean(token_f1(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
             "contains": _mean(answer_contains(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
         }
+        if likelihood:
+            report.scores[mode]["nll"] = _mean(
+                answer_nll(
+                    engine,
+                    [r.question for r in records],
+                    [r.answer for r in records],
+                    contexts=[r.context for r in records] if mode == "in_context" else None,
+                    adapters=None if adapters is None else [adapters[r.context] for r in records],
+                    batch_size=batch_size,
+                )
+            )
     for index in range(min(5, len(records))):
         report.examples.append(
             {

@@ -23,26 +23,38 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         "",
         f"Hypernetwork: {results.get('hypernet')}. Base model: {results.get('base_model')}.",
         "",
+        "Token F1 and answer-contains score the generated answer against the gold answers. Gold",
+        "answer NLL is the mean negative log-likelihood per token of the gold answer (end of turn",
+        "included). It depends on answer form as much as on knowledge (a model that answers in full",
+        "sentences finds a bare span unlikely), so read it across modes that answer in the same form:",
+        "adapter against unrelated_adapter shows how much of its own document an adapter carries.",
+        "",
     ]
     for name, report in results.get("qa", {}).items():
         lines += [
             f"## {name}: {report['num_questions']} questions, {report['num_documents']} documents",
             "",
-            "| mode | token F1 | answer-contains | update s / document |",
-            "|---|---|---|---|",
+            "| mode | token F1 | answer-contains | gold answer NLL | update s / document |",
+            "|---|---|---|---|---|",
         ]
         for mode, scores in report["scores"].items():
             seconds = report["seconds_per_document"].get(mode)
             shown = "" if seconds is None else f"{seconds:.3f}"
-            lines.append(f"| {mode} | {scores['f1']:.3f} | {scores['contains']:.3f} | {shown} |")
+            nll = f"{scores['nll']:.3f}" if "nll" in scores else ""
+            lines.append(f"| {mode} | {scores['f1']:.3f} | {scores['contains']:.3f} | {nll} | {shown} |")
         ratios = report["ratios"]
         lines += [
             "",
             f"adapter / in-context: F1 {_fmt(ratios.get('f1'))}, answer-contains {_fmt(ratios.get('contains'))}.",
-            "",
-            "Examples:",
-            "",
         ]
+        per_second = [
+            f"{mode} {report['scores'][mode]['f1'] / seconds:.3g}"
+            for mode, seconds in report["seconds_per_document"].items()
+            if seconds > 0
+        ]
+        if per_second:
+            lines.append(f"Token F1 per second of update time: {', '.join(per_second)}.")
+        lines += ["", "Examples:", ""]
         for example in report.get("examples", [])[:3]:
             lines.append(f"- **{example['question']}** (gold: {example['gold']})")
             for mode in report["scores"]:

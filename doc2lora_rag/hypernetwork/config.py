@@ -42,6 +42,9 @@ class HypernetConfig:
     mlp_ratio: int = 4
     head_width: int = 64
     chunk_size: int = 1024
+    # B columns of residual-writing modules may also point at the chunk's token embeddings
+    # (see hypernetwork/pointer.py); the network then needs those embeddings as input.
+    pointer: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from doc2lora_rag.errors import AdapterFormatError, IncompatibleModelError
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.perceiver import CrossAttentionBlock, SwiGLU
+from doc2lora_rag.hypernetwork.pointer import TokenPointer
 
 CONFIG_FILE = "hypernet_config.json"
 WEIGHTS_FILE = "hypernet.safetensors"
@@ -73,6 +74,10 @@ class HyperNetwork(nn.Module):
         self.config = config
         num_sources, num_layers = len(config.source_layers), len(config.target_layers)
         width, modules = config.width, list(config.target_modules)
+        # Per-dimension statistics of the source activations (see ``set_input_statistics``):
+        # LLM residual streams have a few outlier dimensions that would otherwise drown the rest.
+        self.register_buffer("input_mean", torch.zeros(num_sources, config.base_hidden_size))
+        self.register_buffer("input_std", torch.ones(num_sources, config.base_hidden_size))
         self.source_norm = nn.Parameter(torch.ones(num_sources, config.base_hidden_size))
         self.input_projection = SwiGLU(config.base_hidden_size, 2 * width, width)
         self.latents = nn.Parameter(torch.randn(num_layers, config.num_latents, width) * 0.02)
@@ -84,6 +89,7 @@ class HyperNetwork(nn.Module):
         self.layer_embedding = nn.Parameter(torch.randn(num_layers, 1, width) * 0.02)
         self.decoder = block()
         self.heads = LayerHeads(config)
+        self.pointer = TokenPointer(config) if config.pointer else None
         # The document-independent block is a learned constant; its B is learned at full scale.
         self.bias_a, self.bias_b = nn.ParameterDict(), nn.ParameterDict()
         if config.bias_rank:
@@ -93,14 +99,20 @@ class HyperNetwork(nn.Module):
                 self.bias_b[name] = nn.Parameter(torch.zeros(num_layers, out_features, config.bias_rank))
         self._fingerprint: str | None = None
 
-    def forward(self, activations: torch.Tensor, mask: torch.Tensor) -> Factors:
-        """activations ``[S, N, T, d]``, mask ``[N, T]`` -> per module (A ``[N, L, r, in]``, B)."""
+    def forward(
+        self, activations: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor | None = None
+    ) -> Factors:
+        """activations ``[S, N, T, d]``, mask ``[N, T]``, the tokens' input embeddings
+        ``[N, T, d]`` (needed with ``config.pointer``) -> per module (A ``[N, L, r, in]``, B)."""
         config = self.config
-        num_sources, num_chunks, tokens, _ = activations.shape
+        if self.pointer is not None and embeddings is None:
+            raise ValueError("this hypernetwork points at token embeddings: pass the chunks' embeddings")
+        num_sources, num_chunks, length, _ = activations.shape
         group = config.layers_per_source
-        x = activations * torch.rsqrt(activations.pow(2).mean(-1, keepdim=True) + 1e-6)
+        x = (activations - self.input_mean[:, None, None, :]) / self.input_std[:, None, None, :]
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
         x = self.input_projection(x * self.source_norm[:, None, None, :])
-        x = x.reshape(num_sources * num_chunks, tokens, config.width)
+        x = x.reshape(num_sources * num_chunks, length, config.width)
         x_mask = mask.bool().repeat(num_sources, 1)
         # Latents of the layers that share a source attend together: [S*N, G*latents, W].
         latents = (self.latents + self.layer_embedding).view(num_sources, 1, -1, config.width)
@@ -113,7 +125,24 @@ class HyperNetwork(nn.Module):
         queries = (self.output_queries[None] + self.layer_embedding).repeat(num_chunks, 1, 1)
         decoded = self.decoder(queries, latents, None)
         decoded = decoded.view(num_chunks, -1, len(config.target_modules), config.rank, config.width)
-        return {name: self.heads(name, decoded[:, :, index]) for index, name in enumerate(config.target_modules)}
+        factors = {name: self.heads(name, decoded[:, :, index]) for index, name in enumerate(config.target_modules)}
+        if self.pointer is not None:
+            tokens = x.view(num_sources, num_chunks, length, config.width).mean(0)
+            for index, name in enumerate(config.target_modules):
+                pointed = self.pointer(name, decoded[:, :, index], tokens, embeddings, mask)
+                if pointed is not None:
+                    a, b = factors[name]
+                    factors[name] = (a, b + pointed)
+        return factors
+
+    @torch.no_grad()
+    def set_input_statistics(self, activations: list[torch.Tensor]) -> None:
+        """Standardise inputs by the mean and spread of each dimension over real documents'
+        tokens (``[S, T, d]`` each; the first token, an attention sink, is left out)."""
+        tokens = torch.cat([a[:, 1:].float() for a in activations], dim=1)
+        self.input_mean.copy_(tokens.mean(1))
+        self.input_std.copy_(tokens.std(1).clamp(min=1e-3))
+        self._fingerprint = None
 
     def assemble(self, chunk_factors: Factors) -> Factors:
         """Concatenate chunk LoRAs along the rank (no 1/K scaling) and append the bias block."""
@@ -191,6 +220,8 @@ class HyperNetwork(nn.Module):
                 f"not for the loaded base model (fingerprint {base_fingerprint})"
             )
         network = cls(config)
+        defaults = {"input_mean": network.input_mean, "input_std": network.input_std}
+        tensors = {**defaults, **tensors}  # files saved before input statistics existed
         try:
             network.load_state_dict({k: v.float() for k, v in tensors.items()})
         except RuntimeError as error:

@@ -32,11 +32,13 @@ from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
 from doc2lora_rag.hypernetwork.chunking import pad_right
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
-from doc2lora_rag.training.data import QARecord
+from doc2lora_rag.training.data import QARecord, synthetic_fact_records
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.plots import plot_metrics
 from doc2lora_rag.training.sources import load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
+
+PROBE_SEED = 424242  # held-out documents for the training probe; evaluation uses another seed
 
 
 @dataclass
@@ -69,6 +71,21 @@ class TrainConfig:
     # False: start at once and skip records whose teacher targets are not cached yet (a
     # background teacher pass fills them in); the trajectory then depends on that pass.
     prefill_teacher: bool = True
+    # Every ``probe_every`` steps (0: never), score held-out synthetic documents that no
+    # training source contains: see ``Trainer.probe``.
+    probe_every: int = 0
+    probe_records: int = 48
+    # Documents per source whose activations set the hypernetwork's input statistics.
+    statistics_records: int = 16
+    # Contrast: also answer each row with another document's adapter and add
+    # weight * relu(margin - (loss_other - loss_own)). Without it a network can settle on
+    # adapters that ignore their document (answer formats only), since document-dependent
+    # output that does not help yet only adds noise; this term makes using the document pay.
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 0.5
+    # Start a new run from another run's hypernetwork weights (fresh optimizer and schedule).
+    # Parts that the saved network lacks (e.g. a newly enabled pointer) start as in a fresh one.
+    init_from: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -106,7 +123,12 @@ class Trainer:
             config.teacher_cache or self.out / "teacher-cache",
             Teacher(self.base, top_k=config.teacher_top_k, max_new_tokens=config.teacher_max_new_tokens),
         )
-        self.hypernet = self._load_or_create_hypernet().to(self.device)
+        self.hypernet, fresh = self._load_or_create_hypernet()
+        self.hypernet.to(self.device)
+        self._activations: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        if fresh:
+            sample = [record for source in self.sources for record in source.records[: config.statistics_records]]
+            self.hypernet.set_input_statistics([self.chunk_activations(r, 1)[0][0] for r in sample])
         self.model = self.hypernet
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(self.hypernet)
@@ -118,18 +140,29 @@ class Trainer:
             betas=(0.9, 0.95),
         )
         self.step = 0
-        self._activations: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._resume_if_possible()
 
     # ------------------------------------------------------------------ setup
 
-    def _load_or_create_hypernet(self) -> HyperNetwork:
+    def _load_or_create_hypernet(self) -> tuple[HyperNetwork, bool]:
+        """The run's checkpointed hypernetwork, or a fresh one (second value True)."""
         checkpoint = self.out / "checkpoint"
         if (checkpoint / "hypernet_config.json").is_file():
-            return HyperNetwork.from_pretrained(checkpoint, base_fingerprint=model_fingerprint(self.base.model))
+            fingerprint = model_fingerprint(self.base.model)
+            return HyperNetwork.from_pretrained(checkpoint, base_fingerprint=fingerprint), False
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            return HyperNetwork(HypernetConfig.for_base_model(self.base, **self.config.hypernet))
+            network = HyperNetwork(HypernetConfig.for_base_model(self.base, **self.config.hypernet))
+        if self.config.init_from is None:
+            return network, True
+        saved = HyperNetwork.from_pretrained(self.config.init_from, base_fingerprint=model_fingerprint(self.base.model))
+        try:
+            missing, unexpected = network.load_state_dict(saved.state_dict(), strict=False)
+        except RuntimeError as error:  # a tensor of another shape
+            raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {error}") from error
+        if unexpected or any(not name.startswith("pointer.") for name in missing):
+            raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {missing + unexpected}")
+        return network, False
 
     def _resume_if_possible(self) -> None:
         state_path = self.out / "checkpoint" / "trainer_state.json"
@@ -174,8 +207,9 @@ class Trainer:
             return Target.gold([*tokens, eos], self.config.teacher_top_k)
         return self.teacher.get(record)
 
-    def chunk_activations(self, record: QARecord, chunks: int) -> list[torch.Tensor]:
-        """Source-layer activations ``[S, T, d]`` of each of ``chunks`` equal document parts."""
+    def chunk_activations(self, record: QARecord, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Source-layer activations ``[S, T, d]`` and token ids ``[T]`` of each of ``chunks``
+        equal document parts."""
         key = (record.context, chunks)
         if key in self._activations:
             self._activations.move_to_end(key)
@@ -188,7 +222,7 @@ class Trainer:
         acts = layer_inputs(
             self.base.model, input_ids.to(self.device), mask.to(self.device), self.hypernet.config.source_layers
         )
-        result = [acts[:, i, : len(p)].to(torch.bfloat16) for i, p in enumerate(pieces)]
+        result = [(acts[:, i, : len(p)].to(torch.bfloat16), torch.tensor(p)) for i, p in enumerate(pieces)]
         self._activations[key] = result
         if len(self._activations) > self.config.activation_cache_items:
             self._activations.popitem(last=False)
@@ -197,18 +231,21 @@ class Trainer:
     def loss(self, batch: list[tuple[QARecord, Target, int]]) -> tuple[torch.Tensor, dict]:
         chunk_acts, owners = [], []
         for row, (record, _, chunks) in enumerate(batch):
-            for acts in self.chunk_activations(record, chunks):
-                chunk_acts.append(acts)
+            for chunk in self.chunk_activations(record, chunks):
+                chunk_acts.append(chunk)
                 owners.append(row)
-        longest = max(a.shape[1] for a in chunk_acts)
-        sources, _, width = chunk_acts[0].shape
+        longest = max(ids.shape[0] for _, ids in chunk_acts)
+        sources, _, width = chunk_acts[0][0].shape
         padded = torch.zeros(sources, len(chunk_acts), longest, width, device=self.device)
+        ids = torch.full((len(chunk_acts), longest), self.base.tokenizer.pad_token_id, device=self.device)
         mask = torch.zeros(len(chunk_acts), longest, dtype=torch.bool, device=self.device)
-        for i, acts in enumerate(chunk_acts):
+        for i, (acts, chunk_ids) in enumerate(chunk_acts):
             padded[:, i, : acts.shape[1]] = acts.float()
+            ids[i, : acts.shape[1]] = chunk_ids.to(self.device)
             mask[i, : acts.shape[1]] = True
         # The hypernetwork trains in fp32 (its master weights); the hooks cast to the model dtype.
-        chunk_factors = self.model(padded, mask)
+        embeddings = self.base.model.get_input_embeddings()(ids).detach().float()
+        chunk_factors = self.model(padded, mask, embeddings)
         rows = self.hypernet.assemble_per_row(chunk_factors, owners, len(batch))
         l1 = sum(a.abs().mean() + b.abs().mean() for a, b in chunk_factors.values())
         config = self.hypernet.config
@@ -223,7 +260,42 @@ class Trainer:
             logits = response_logits(self.base.model, student)
         kl = distillation_loss(logits, student)
         loss = kl + self.config.l1_weight * l1
-        return loss, {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
+        info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
+        others = _other_rows([record.context for record, _, _ in batch])
+        if self.config.contrastive_weight and self.model.training and others is not None:
+            swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
+            with attached(self.base.model, swapped):
+                kl_other = distillation_loss(response_logits(self.base.model, student), student)
+            shortfall = torch.relu(self.config.contrastive_margin - (kl_other - kl))
+            loss = loss + self.config.contrastive_weight * shortfall
+            info["kl_other"] = kl_other.detach().item()
+        return loss, info
+
+    @torch.no_grad()
+    def probe(self, records: list[QARecord]) -> dict[str, float]:
+        """Answer loss on held-out records with each document's own adapter and with another
+        document's adapter. Their difference (``probe_gap``) is how much the adapters carry
+        of their own document: zero while the network only learns answer formats."""
+        self.model.eval()
+        own, other = [], []
+        for start in range(0, len(records) - 1, self.config.batch_size):
+            rows = records[start : start + self.config.batch_size]
+            if len(rows) < 2:
+                break
+            targets = [self.target(record, "gold") for record in rows]
+            others = _other_rows([r.context for r in rows])
+            if others is None:
+                raise ValueError("the probe needs rows from at least two documents")
+            swapped = [dataclasses.replace(r, context=rows[j].context) for r, j in zip(rows, others, strict=True)]
+            own.append(self.loss(list(zip(rows, targets, [1] * len(rows), strict=True)))[1]["kl"])
+            other.append(self.loss(list(zip(swapped, targets, [1] * len(rows), strict=True)))[1]["kl"])
+        self.model.train()
+        own_loss, other_loss = sum(own) / len(own), sum(other) / len(other)
+        return {"probe_own": own_loss, "probe_other": other_loss, "probe_gap": other_loss - own_loss}
+
+    def probe_set(self) -> list[QARecord]:
+        """Held-out synthetic fact documents (a seed no training source uses)."""
+        return synthetic_fact_records(self.config.probe_records, seed=PROBE_SEED)
 
     # ------------------------------------------------------------------ loop
 
@@ -238,6 +310,7 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         self.model.train()
         started, done_here = time.perf_counter(), 0
+        probe_records = self.probe_set() if config.probe_every else []
         while self.step < until:
             lr = learning_rate(config, self.step)
             for group in self.optimizer.param_groups:
@@ -253,7 +326,8 @@ class Trainer:
             rate = done_here / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", steps_per_h=f"{3600 * rate:.0f}")
-            if self.rank == 0 and (self.step % config.log_every == 0 or self.step == until):
+            probe_due = bool(probe_records) and (self.step % config.probe_every == 0 or self.step == until)
+            if self.rank == 0 and (self.step % config.log_every == 0 or self.step == until or probe_due):
                 row = {
                     "step": self.step,
                     "loss": loss.item(),
@@ -263,6 +337,8 @@ class Trainer:
                     "time": time.time(),
                     **info,
                 }
+                if probe_due:
+                    row.update(self.probe(probe_records))
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
             if self.rank == 0 and (self.step % config.save_every == 0 or self.step == until):
@@ -287,6 +363,18 @@ class Trainer:
                 path.unlink()
             old.rmdir()
         plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+
+
+def _other_rows(contexts: list[str]) -> list[int] | None:
+    """For each row, the next row (cyclically) with another document; None if there is none."""
+    result = []
+    for index, context in enumerate(contexts):
+        other = next((j % len(contexts) for j in range(index + 1, index + len(contexts))
+                      if contexts[j % len(contexts)] != context), None)
+        if other is None:
+            return None
+        result.append(other)
+    return result
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
