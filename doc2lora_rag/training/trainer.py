@@ -125,7 +125,7 @@ class Trainer:
         )
         self.hypernet, fresh = self._load_or_create_hypernet()
         self.hypernet.to(self.device)
-        self._activations: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._activations: OrderedDict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         if fresh:
             sample = [record for source in self.sources for record in source.records[: config.statistics_records]]
             self.hypernet.set_input_statistics([self.chunk_activations(r, 1)[0][0] for r in sample])
