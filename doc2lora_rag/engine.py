@@ -125,7 +125,8 @@ class Doc2LoRA:
             ids, mask = pad_right([chunks[i] for i in batch], pad_id)
             ids, mask = ids.to(self.base.device), mask.to(self.base.device)
             activations = layer_inputs(self.model, ids, mask, self.config.source_layers)
-            factors = self.hypernet(activations, mask, self.model.get_input_embeddings()(ids))
+            embeddings = self.model.get_input_embeddings()(ids) if self.config.pointer else None
+            factors = self.hypernet(activations, mask, embeddings)
             for row, index in enumerate(batch):
                 results[index] = {n: (a[row : row + 1], b[row : row + 1]) for n, (a, b) in factors.items()}
         return results

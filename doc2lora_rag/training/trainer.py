@@ -244,7 +244,9 @@ class Trainer:
             ids[i, : acts.shape[1]] = chunk_ids.to(self.device)
             mask[i, : acts.shape[1]] = True
         # The hypernetwork trains in fp32 (its master weights); the hooks cast to the model dtype.
-        embeddings = self.base.model.get_input_embeddings()(ids).detach().float()
+        embeddings = None
+        if self.hypernet.config.pointer:
+            embeddings = self.base.model.get_input_embeddings()(ids).detach().float()
         chunk_factors = self.model(padded, mask, embeddings)
         rows = self.hypernet.assemble_per_row(chunk_factors, owners, len(batch))
         l1 = sum(a.abs().mean() + b.abs().mean() for a, b in chunk_factors.values())
