@@ -11,7 +11,7 @@ from doc2lora_rag import AdapterFormatError, HypernetConfig, HyperNetwork
 from doc2lora_rag.base_model.activations import layer_inputs
 from doc2lora_rag.base_model.layers import decoder_layers
 from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
-from doc2lora_rag.hypernetwork.model import CONFIG_FILE, WEIGHTS_FILE
+from doc2lora_rag.hypernetwork.model import CONFIG_FILE, WEIGHTS_FILE, DocumentCentering
 from doc2lora_rag.testing import tiny_base_model
 from tests.conftest import TINY_HYPERNET
 
@@ -126,6 +126,30 @@ def test_config_json_round_trip(base, tmp_path) -> None:
     assert loaded.scale == pytest.approx(2 * 4**1.5)
     with pytest.raises(ValueError, match="unknown hypernetwork config keys"):
         HypernetConfig.from_dict({**config.to_dict(), "surprise": 1})
+    # Files written before head_norm existed describe networks with the per-vector RMS norm.
+    older = {k: v for k, v in config.to_dict().items() if k != "head_norm"}
+    assert config.head_norm == "document" and HypernetConfig.from_dict(older).head_norm == "rms"
+    assert HyperNetwork(HypernetConfig.from_dict(older)).heads.centering is None
+    with pytest.raises(ValueError, match="head_norm"):
+        _config(base, head_norm="layer")
+
+
+def test_document_centering_removes_what_documents_share() -> None:
+    """Training: a vector shared by every document in the batch vanishes. Inference: the
+    running mean, so a document's output does not depend on the others batched with it."""
+    torch.manual_seed(3)
+    centering = DocumentCentering(2 * 3 * 4)
+    h = torch.randn(6, 2, 3, 4)
+    shared = torch.randn(1, 2, 3, 4) * 100
+    out = centering(h + shared)
+    torch.testing.assert_close(out, centering(h), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.mean(0), torch.zeros(2, 3, 4), atol=1e-4, rtol=0)
+    assert not torch.equal(centering.running_mean, torch.zeros_like(centering.running_mean))
+    centering.eval()
+    torch.testing.assert_close(centering(h)[:1], centering(h[:1]))
+    torch.testing.assert_close(centering(h)[:1], (h[:1].flatten(1) - centering.running_mean).view(1, 2, 3, 4))
+    alone = DocumentCentering(24).train()
+    torch.testing.assert_close(alone(h[:1]), h[:1])  # one chunk: the running mean (still zero)
 
 
 def test_bias_rank_zero_has_no_bias_block(base) -> None:

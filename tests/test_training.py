@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
-from doc2lora_rag.training.sources import load_sources
+from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
 from doc2lora_rag.training.trainer import TrainConfig, Trainer, learning_rate
 
@@ -67,6 +69,13 @@ def test_resumed_run_continues_the_same_trajectory(tmp_path: Path) -> None:
     a, b = _losses(straight), _losses(resumed)
     for step in range(6, 11):
         assert math.isclose(a[step], b[step], rel_tol=1e-4), (step, a[step], b[step])
+
+
+def test_time_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path, 10), base=tiny_base_model(max_positions=512), progress=False)
+    trainer.train(minutes=0)  # spent at once: one step, then stop
+    state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
+    assert trainer.step == state["step"] == 1
 
 
 def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,6 +152,14 @@ def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
     first, again = synthetic_fact_records(20, seed=3), synthetic_fact_records(20, seed=3)
     assert first == again and first != synthetic_fact_records(20, seed=4)
     assert all(r.answer in r.context for r in first)
+    assert len({r.question for r in first}) == len(first)  # fresh names: every question is new
+    # A small pool of names: the same question recurs with other answers in other documents.
+    pooled = synthetic_fact_records(200, seed=3, entities=4)
+    assert all(r.answer in r.context for r in pooled)
+    answers: dict[str, set[str]] = {}
+    for record in pooled:
+        answers.setdefault(record.question, set()).add(record.answer)
+    assert len(answers) < 100 and max(len(a) for a in answers.values()) > 3
     base = tiny_base_model()
 
     def count(text: str) -> int:
@@ -152,6 +169,12 @@ def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
     for record in needles:
         assert record.answer in record.context
         assert 250 <= count(record.context) <= 360
+    shared = needle_records(12, 60, count, seed=1, keys=["teal heron", "amber lynx"])
+    assert {r.question for r in shared} == {
+        "What is the secret number of the teal heron?",
+        "What is the secret number of the amber lynx?",
+    }
+    assert len({r.answer for r in shared}) > 2 and all(r.answer in r.context for r in shared)
 
 
 def test_cli_train_under_torchrun_single_process(tmp_path: Path) -> None:
@@ -192,11 +215,13 @@ def test_probe_gap_is_zero_for_a_fresh_network_and_not_for_a_document_reading_on
     assert records == synthetic_fact_records(8, seed=424242)
     fresh = trainer.probe(records)
     assert fresh["probe_gap"] == 0.0 and fresh["probe_own"] == fresh["probe_other"] > 0
+    assert fresh["probe_base"] == pytest.approx(fresh["probe_own"])  # fresh adapters add nothing
     with torch.no_grad():
         for weight in trainer.hypernet.heads.b_weight.values():
             weight.normal_(0, 0.5)
     random = trainer.probe(records)
     assert random["probe_gap"] != 0.0 and random["probe_own"] != fresh["probe_own"]
+    assert random["probe_base"] == fresh["probe_base"]
 
 
 def test_probe_rows_land_in_the_metrics(tmp_path: Path) -> None:
@@ -242,3 +267,12 @@ def test_contrastive_term_answers_with_another_documents_adapter(tmp_path: Path)
     assert info["kl_other"] != info["kl"]
     trainer.model.eval()
     assert "kl_other" not in trainer.loss(batch)[1]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_training_configs_are_valid(path: Path) -> None:
+    config = TrainConfig.from_file(path)
+    assert set(config.hypernet) <= {f.name for f in dataclasses.fields(HypernetConfig)}
+    assert config.hypernet.get("head_norm", "document") in ("document", "rms")
+    assert all(source["kind"] in DEFAULT_TARGET for source in config.data)
+    assert all(source.get("split", "train") == "train" for source in config.data)  # never the validation articles

@@ -24,6 +24,9 @@ def train(
     until: Annotated[
         int | None, typer.Option(help="stop (checkpointed) at this step; the schedule still runs to --steps")
     ] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="stop (checkpointed) after this much wall-clock time")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
 ) -> None:
     """Meta-train a hypernetwork; --resume continues the run in --out from its checkpoint."""
@@ -51,7 +54,7 @@ def train(
     checkpoint = Path(train_config.out) / "checkpoint"
     if checkpoint.exists() and not resume:
         raise typer.BadParameter(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    path = Trainer(train_config).train(until=until)
+    path = Trainer(train_config).train(until=until, minutes=minutes)
     typer.echo(f"checkpoint: {path}")
 
 

@@ -45,6 +45,9 @@ class HypernetConfig:
     # B columns of residual-writing modules may also point at the chunk's token embeddings
     # (see hypernetwork/pointer.py); the network then needs those embeddings as input.
     pointer: bool = False
+    # "document": head features are centred over documents, then RMS-normalised
+    # (model.DocumentCentering); "rms": RMS norm alone (files saved before this option existed).
+    head_norm: str = "document"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class HypernetConfig:
                 f"{len(self.target_layers)} target layers cannot be split evenly over "
                 f"{len(self.source_layers)} source layers"
             )
+        if self.head_norm not in ("document", "rms"):
+            raise ValueError(f"head_norm must be 'document' or 'rms', not {self.head_norm!r}")
         if self.width % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("width must divide by num_heads, and num_heads by num_kv_heads")
 
@@ -78,7 +83,7 @@ class HypernetConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown hypernetwork config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"head_norm": "rms", **data})  # files without the key predate it
 
     @classmethod
     def for_base_model(

@@ -27,6 +27,32 @@ FORMAT_VERSION = 1
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+class DocumentCentering(nn.Module):
+    """Subtract each head feature's mean over documents (the batch's in training, a running
+    mean at inference), so the heads see only how this document differs from others.
+
+    What every document shares then reaches the adapter only through the biases and the bias
+    block. Without it, a large document-independent vector grown upstream leaves the
+    document's own signal a vanishing fraction of the normalised head input. Only the mean is
+    removed: scaling each feature to unit spread would blow up features that barely vary.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.05) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(num_features))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        flat = h.reshape(h.shape[0], -1)
+        if self.training and h.shape[0] > 1:
+            mean = flat.mean(0)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+        else:
+            mean = self.running_mean.to(flat.dtype)
+        return (flat - mean).view_as(h)
+
+
 class LayerHeads(nn.Module):
     """Per-layer residual MLP and linear heads turning one latent into an A row and a B column."""
 
@@ -42,6 +68,7 @@ class LayerHeads(nn.Module):
         self.mlp_in = nn.Parameter(torch.randn(num_layers, head, 2 * head) / head**0.5)
         self.mlp_out = nn.Parameter(torch.zeros(num_layers, 2 * head, head))
         self.head_norm = nn.RMSNorm(head)
+        self.centering = DocumentCentering(num_layers * config.rank * head) if config.head_norm == "document" else None
         self.a_weight, self.a_bias = nn.ParameterDict(), nn.ParameterDict()
         self.b_weight, self.b_bias = nn.ParameterDict(), nn.ParameterDict()
         self.rank_scale = nn.ParameterDict()
@@ -59,6 +86,8 @@ class LayerHeads(nn.Module):
         h = self.project(latents)
         hidden = torch.einsum("nlrh,lhk->nlrk", self.mlp_norm(h), self.mlp_in)
         h = h + torch.einsum("nlrk,lkh->nlrh", nn.functional.silu(hidden), self.mlp_out)
+        if self.centering is not None:
+            h = self.centering(h)
         h = self.head_norm(h)
         a = torch.einsum("nlrh,lhi->nlri", h, self.a_weight[name]) + self.a_bias[name]
         b = torch.einsum("nlrh,lho->nlro", h, self.b_weight[name]) + self.b_bias[name]

@@ -148,8 +148,16 @@ def _made_up_name(rng: random.Random, parts: int = 2) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
 
 
-def _company_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
-    company = f"{_made_up_name(rng, 3)} {rng.choice(['Industries', 'Works', 'Labs', 'Trading Co.'])}"
+def _company_name(rng: random.Random) -> str:
+    return f"{_made_up_name(rng, 3)} {rng.choice(['Industries', 'Works', 'Labs', 'Trading Co.'])}"
+
+
+def _person_name(rng: random.Random) -> str:
+    return f"{rng.choice(_FIRST)} {_made_up_name(rng)}"
+
+
+def _company_facts(rng: random.Random, company: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    company = company or _company_name(rng)
     founder = f"{rng.choice(_FIRST)} {_made_up_name(rng)}"
     city = _made_up_name(rng) + rng.choice(_CITIES_SUFFIX)
     year = str(rng.randint(1850, 2015))
@@ -173,8 +181,8 @@ def _company_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     return text, [qa for _, qas in sentences for qa in qas]
 
 
-def _person_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
-    person = f"{rng.choice(_FIRST)} {_made_up_name(rng)}"
+def _person_facts(rng: random.Random, person: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    person = person or _person_name(rng)
     city = _made_up_name(rng) + rng.choice(_CITIES_SUFFIX)
     year = str(rng.randint(1890, 2005))
     pet = f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
@@ -195,14 +203,27 @@ def _person_facts(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     return " ".join(s for s, _ in sentences), [qa for _, qas in sentences for qa in qas]
 
 
-def synthetic_fact_records(count: int, seed: int = 0, questions_per_doc: int = 2) -> list[QARecord]:
-    """``count`` records over fictional companies and people, seeded and unlimited."""
+def synthetic_fact_records(
+    count: int, seed: int = 0, questions_per_doc: int = 2, entities: int | None = None
+) -> list[QARecord]:
+    """``count`` records over fictional companies and people, seeded and unlimited.
+
+    With ``entities``, names come from that many companies and as many people, so the same
+    name recurs across documents with other facts: a question alone then says nothing of its
+    answer, and only the document does."""
     rng = random.Random(f"synthetic-facts-{seed}")
+    names = random.Random(f"synthetic-entities-{seed}")
+    companies = [_company_name(names) for _ in range(entities or 0)]
+    people = [_person_name(names) for _ in range(entities or 0)]
     records: list[QARecord] = []
     while len(records) < count:
-        paragraphs, qas = [], []
+        paragraphs, qas, used = [], [], set()
         for _ in range(rng.randint(1, 3)):
-            text, facts = rng.choice([_company_facts, _person_facts])(rng)
+            make = rng.choice([_company_facts, _person_facts])
+            pool = companies if make is _company_facts else people
+            name = rng.choice(pool) if pool else None
+            text, facts = make(rng, name if name not in used else None)
+            used.add(name)
             paragraphs.append(text)
             qas.extend(facts)
         context = "\n\n".join(paragraphs)
@@ -256,15 +277,20 @@ def needle_records(
     haystack_tokens: int,
     count_tokens: Callable[[str], int],
     seed: int = 0,
+    keys: list[str] | None = None,
 ) -> list[QARecord]:
-    """Documents of about ``haystack_tokens`` tokens of filler with one fact at a random depth."""
+    """Documents of about ``haystack_tokens`` tokens of filler with one fact at a random depth.
+
+    The needle's key ("the teal heron") comes from ``keys`` when given, else from 100 colour-animal
+    pairs; keys that recur with other numbers make the question alone useless, only the document
+    tells the answer."""
     rng = random.Random(f"needle-{seed}-{haystack_tokens}")
     # Measure the filler once, then build each haystack to length by sentence count.
     probe = [filler_sentence(rng) for _ in range(50)]
     tokens_per_sentence = max(1.0, count_tokens(" ".join(probe)) / len(probe))
     records = []
     for _ in range(count):
-        key = f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
+        key = rng.choice(keys) if keys else f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
         code = str(rng.randint(1000, 99999))
         needle = f"The secret number of the {key} is {code}."
         sentences = [filler_sentence(rng) for _ in range(max(1, int(haystack_tokens / tokens_per_sentence)))]

@@ -52,7 +52,8 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
     if kind == "jsonl":
         return jsonl_records(spec["path"])
     if kind == "synthetic":
-        return synthetic_fact_records(int(spec.get("count", 2000)), seed=seed)
+        entities = spec.get("entities")
+        return synthetic_fact_records(int(spec.get("count", 2000)), seed=seed, entities=entities and int(entities))
     if kind == "niah":
 
         def count_tokens(text: str) -> int:

@@ -140,6 +140,7 @@ class Trainer:
             betas=(0.9, 0.95),
         )
         self.step = 0
+        self._probe_base: dict[tuple[str, ...], float] = {}  # the frozen model's loss per probe set
         self._resume_if_possible()
 
     # ------------------------------------------------------------------ setup
@@ -279,7 +280,8 @@ class Trainer:
         document's adapter. Their difference (``probe_gap``) is how much the adapters carry
         of their own document: zero while the network only learns answer formats."""
         self.model.eval()
-        own, other = [], []
+        own, other, base = [], [], []
+        known_base = self._probe_base.get(tuple(r.key for r in records))
         for start in range(0, len(records) - 1, self.config.batch_size):
             rows = records[start : start + self.config.batch_size]
             if len(rows) < 2:
@@ -291,9 +293,25 @@ class Trainer:
             swapped = [dataclasses.replace(r, context=rows[j].context) for r, j in zip(rows, others, strict=True)]
             own.append(self.loss(list(zip(rows, targets, [1] * len(rows), strict=True)))[1]["kl"])
             other.append(self.loss(list(zip(swapped, targets, [1] * len(rows), strict=True)))[1]["kl"])
+            if known_base is None:  # the frozen model's loss never changes: measured once
+                base.append(self.bare_loss(rows, targets))
         self.model.train()
+        if known_base is None:
+            known_base = self._probe_base[tuple(r.key for r in records)] = sum(base) / len(base)
         own_loss, other_loss = sum(own) / len(own), sum(other) / len(other)
-        return {"probe_own": own_loss, "probe_other": other_loss, "probe_gap": other_loss - own_loss}
+        return {
+            "probe_own": own_loss,
+            "probe_other": other_loss,
+            "probe_gap": other_loss - own_loss,
+            "probe_base": known_base,
+        }
+
+    @torch.no_grad()
+    def bare_loss(self, records: list[QARecord], targets: list[Target]) -> float:
+        """Answer loss of the base model without an adapter (and without the document)."""
+        prompts = [question_prompt(self.base.tokenizer, record.question) for record in records]
+        student = student_batch(self.base.tokenizer, prompts, targets).to(self.device)
+        return distillation_loss(response_logits(self.base.model, student), student).item()
 
     def probe_set(self) -> list[QARecord]:
         """Held-out synthetic fact documents (a seed no training source uses)."""
@@ -301,10 +319,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def train(self, until: int | None = None) -> Path:
-        """Train to ``config.steps`` (or stop early at step ``until``, checkpointed there)."""
+    def train(self, until: int | None = None, minutes: float | None = None) -> Path:
+        """Train to ``config.steps``, or stop early (checkpointed) at step ``until`` or once
+        ``minutes`` of wall-clock time are spent (a rented machine's time budget)."""
         config = self.config
         until = config.steps if until is None else min(until, config.steps)
+        deadline = None if minutes is None else time.monotonic() + 60 * minutes
         if config.prefill_teacher:
             self.prepare_teacher()
         (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -325,6 +345,8 @@ class Trainer:
             self.hypernet._fingerprint = None
             self.step += 1
             done_here += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                until = self.step
             rate = done_here / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", steps_per_h=f"{3600 * rate:.0f}")
