@@ -45,9 +45,9 @@ class HypernetConfig:
     # B columns of residual-writing modules may also point at the chunk's token embeddings
     # (see hypernetwork/pointer.py); the network then needs those embeddings as input.
     pointer: bool = False
-    # "document": head features are centred over documents, then RMS-normalised
-    # (model.DocumentCentering); "rms": RMS norm alone (files saved before this option existed).
-    head_norm: str = "document"
+    # "rms": per-vector RMS norm of the head features, as published; "document": centre each
+    # feature over documents first (model.DocumentCentering).
+    head_norm: str = "rms"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,7 +83,7 @@ class HypernetConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown hypernetwork config keys: {sorted(unknown)}")
-        return cls(**{"head_norm": "rms", **data})  # files without the key predate it
+        return cls(**data)
 
     @classmethod
     def for_base_model(
