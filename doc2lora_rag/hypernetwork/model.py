@@ -47,7 +47,7 @@ class DocumentCentering(nn.Module):
         if self.training and h.shape[0] > 1:
             mean = flat.mean(0)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
         else:
             mean = self.running_mean.to(flat.dtype)
         return (flat - mean).view_as(h)

@@ -33,7 +33,7 @@ from doc2lora_rag.hypernetwork.chunking import pad_right
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.training.data import QARecord, synthetic_fact_records
-from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.objective import StudentBatch, distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.plots import plot_metrics
 from doc2lora_rag.training.sources import load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
@@ -229,7 +229,9 @@ class Trainer:
             self._activations.popitem(last=False)
         return result
 
-    def loss(self, batch: list[tuple[QARecord, Target, int]]) -> tuple[torch.Tensor, dict]:
+    def loss(self, batch: list[tuple[QARecord, Target, int]], with_other: bool = False) -> tuple[torch.Tensor, dict]:
+        """Answer loss with each row's own adapter; with the contrastive term in training, or
+        ``with_other``, also with another document's adapter (``info["kl_other"]``)."""
         chunk_acts, owners = [], []
         for row, (record, _, chunks) in enumerate(batch):
             for chunk in self.chunk_activations(record, chunks):
@@ -257,22 +259,28 @@ class Trainer:
             for name, (a, b) in rows.items()
             for layer, a_layer, b_layer in zip(config.target_layers, a.unbind(0), b.unbind(0), strict=True)
         }
-        prompts = [question_prompt(self.base.tokenizer, record.question) for record, _, _ in batch]
-        student = student_batch(self.base.tokenizer, prompts, [t for _, t, _ in batch]).to(self.device)
+        student = self._student([record for record, _, _ in batch], [target for _, target, _ in batch])
         with attached(self.base.model, factors):
             logits = response_logits(self.base.model, student)
         kl = distillation_loss(logits, student)
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
-        others = _other_rows([record.context for record, _, _ in batch])
-        if self.config.contrastive_weight and self.model.training and others is not None:
+        contrast = bool(self.config.contrastive_weight) and self.model.training
+        others = _other_rows([record.context for record, _, _ in batch]) if contrast or with_other else None
+        if others is not None:
             swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
             with attached(self.base.model, swapped):
                 kl_other = distillation_loss(response_logits(self.base.model, student), student)
-            shortfall = torch.relu(self.config.contrastive_margin - (kl_other - kl))
-            loss = loss + self.config.contrastive_weight * shortfall
+            if contrast:
+                shortfall = torch.relu(self.config.contrastive_margin - (kl_other - kl))
+                loss = loss + self.config.contrastive_weight * shortfall
             info["kl_other"] = kl_other.detach().item()
         return loss, info
+
+    def _student(self, records: list[QARecord], targets: list[Target]) -> StudentBatch:
+        """The questions alone (no document) with the target answers, on the device."""
+        prompts = [question_prompt(self.base.tokenizer, record.question) for record in records]
+        return student_batch(self.base.tokenizer, prompts, targets).to(self.device)
 
     @torch.no_grad()
     def probe(self, records: list[QARecord]) -> dict[str, float]:
@@ -281,23 +289,23 @@ class Trainer:
         of their own document: zero while the network only learns answer formats."""
         self.model.eval()
         own, other, base = [], [], []
-        known_base = self._probe_base.get(tuple(r.key for r in records))
+        probe_key = tuple(r.key for r in records)
+        known_base = self._probe_base.get(probe_key)
         for start in range(0, len(records) - 1, self.config.batch_size):
             rows = records[start : start + self.config.batch_size]
             if len(rows) < 2:
                 break
             targets = [self.target(record, "gold") for record in rows]
-            others = _other_rows([r.context for r in rows])
-            if others is None:
+            _, info = self.loss(list(zip(rows, targets, [1] * len(rows), strict=True)), with_other=True)
+            if "kl_other" not in info:
                 raise ValueError("the probe needs rows from at least two documents")
-            swapped = [dataclasses.replace(r, context=rows[j].context) for r, j in zip(rows, others, strict=True)]
-            own.append(self.loss(list(zip(rows, targets, [1] * len(rows), strict=True)))[1]["kl"])
-            other.append(self.loss(list(zip(swapped, targets, [1] * len(rows), strict=True)))[1]["kl"])
+            own.append(info["kl"])
+            other.append(info["kl_other"])
             if known_base is None:  # the frozen model's loss never changes: measured once
                 base.append(self.bare_loss(rows, targets))
         self.model.train()
         if known_base is None:
-            known_base = self._probe_base[tuple(r.key for r in records)] = sum(base) / len(base)
+            known_base = self._probe_base[probe_key] = sum(base) / len(base)
         own_loss, other_loss = sum(own) / len(own), sum(other) / len(other)
         return {
             "probe_own": own_loss,
@@ -309,8 +317,7 @@ class Trainer:
     @torch.no_grad()
     def bare_loss(self, records: list[QARecord], targets: list[Target]) -> float:
         """Answer loss of the base model without an adapter (and without the document)."""
-        prompts = [question_prompt(self.base.tokenizer, record.question) for record in records]
-        student = student_batch(self.base.tokenizer, prompts, targets).to(self.device)
+        student = self._student(records, targets)
         return distillation_loss(response_logits(self.base.model, student), student).item()
 
     def probe_set(self) -> list[QARecord]:
