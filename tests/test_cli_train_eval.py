@@ -69,6 +69,14 @@ def test_train_refuses_a_config_without_output(tiny_model_dir: Path) -> None:
     assert "--out" in result.output
 
 
+def test_fit_schedule_needs_a_time_budget(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = ["train", "--base-model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--fit-schedule"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "--minutes" in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_eval_runs_context_distillation_on_a_subset_beside_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
     numbers, report = tmp_path / "results.json", tmp_path / "results.md"
     result = CliRunner().invoke(app, [

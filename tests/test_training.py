@@ -276,3 +276,56 @@ def test_shipped_training_configs_are_valid(path: Path) -> None:
     assert config.hypernet.get("head_norm", "document") in ("document", "rms")
     assert all(source["kind"] in DEFAULT_TARGET for source in config.data)
     assert all(source.get("split", "train") == "train" for source in config.data)  # never the validation articles
+
+
+def test_documents_read_together_match_documents_read_alone(tmp_path: Path) -> None:
+    base = tiny_base_model(max_positions=512)
+    records = synthetic_fact_records(5, seed=3)
+    together = Trainer(_config(tmp_path / "a", 1), base=base, progress=False)
+    wanted = [(records[0], 1), (records[1], 3), (records[2], 2), (records[0], 1), (records[3], 1)]
+    batched = together.read_documents(wanted, token_budget=200)  # small budget: several passes
+    alone = Trainer(_config(tmp_path / "b", 1), base=base, progress=False)
+    assert [len(chunks) for chunks in batched] == [1, 3, 2, 1, 1]
+    for (record, chunks), read in zip(wanted, batched, strict=True):
+        single = alone.chunk_activations(record, chunks)  # one document per forward pass
+        assert [ids.tolist() for _, ids in read] == alone._chunk_ids(record.context, chunks)
+        for (acts, ids), (acts_alone, ids_alone) in zip(read, single, strict=True):
+            assert torch.equal(ids, ids_alone) and acts.shape == acts_alone.shape
+            assert torch.allclose(acts.float(), acts_alone.float(), atol=2e-2)
+
+
+class _StepClock:
+    """Stands in for the ``time`` module: it only moves when a training step runs (one
+    second per step), so the trainer's timing is deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = time = monotonic
+
+
+def test_fit_schedule_ends_the_learning_rate_decay_as_the_time_runs_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _StepClock()
+    monkeypatch.setattr("doc2lora_rag.training.trainer.time", clock)
+    config = _config(tmp_path, 100_000, save_every=1000, log_every=1, warmup_steps=2)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    step_loss = trainer.loss
+
+    def one_second_step(batch, with_other=False):
+        clock.now += 1.0
+        return step_loss(batch, with_other)
+
+    monkeypatch.setattr(trainer, "loss", one_second_step)
+    with pytest.raises(ValueError, match="time budget"):
+        trainer.train(fit_schedule=True)
+    trainer.train(minutes=1, fit_schedule=True)  # 60 steps of this clock
+    assert 50 <= trainer.config.steps < 60 and trainer.step == trainer.config.steps
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == trainer.config.steps
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr"] == pytest.approx(learning_rate(trainer.config, trainer.step - 1))
+    assert rows[-1]["lr"] < 0.11 * config.lr  # decayed to min_lr_ratio

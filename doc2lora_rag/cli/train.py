@@ -27,6 +27,9 @@ def train(
     minutes: Annotated[
         float | None, typer.Option(help="stop (checkpointed) after this much wall-clock time")
     ] = None,
+    fit_schedule: Annotated[
+        bool, typer.Option(help="with --minutes: size the schedule so it ends as the time runs out")
+    ] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
 ) -> None:
     """Meta-train a hypernetwork; --resume continues the run in --out from its checkpoint."""
@@ -54,8 +57,13 @@ def train(
     checkpoint = Path(train_config.out) / "checkpoint"
     if checkpoint.exists() and not resume:
         raise typer.BadParameter(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    path = Trainer(train_config).train(until=until, minutes=minutes)
+    if fit_schedule and minutes is None:
+        raise typer.BadParameter("--fit-schedule needs --minutes")
+    trainer = Trainer(train_config)
+    path = trainer.train(until=until, minutes=minutes, fit_schedule=fit_schedule)
     typer.echo(f"checkpoint: {path}")
+    if fit_schedule:
+        typer.echo(f"schedule fitted to {trainer.config.steps} steps; continue it with --steps {trainer.config.steps}")
 
 
 def _data_spec(item: str) -> dict:

@@ -29,7 +29,7 @@ from doc2lora_rag.base_model.activations import layer_inputs
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import BaseModel, load_base_model
 from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
-from doc2lora_rag.hypernetwork.chunking import pad_right
+from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.training.data import QARecord, synthetic_fact_records
@@ -39,6 +39,7 @@ from doc2lora_rag.training.sources import load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
 
 PROBE_SEED = 424242  # held-out documents for the training probe; evaluation uses another seed
+FIT_AFTER_STEPS = 10  # steps timed before ``fit_schedule`` sizes the schedule
 
 
 @dataclass
@@ -128,7 +129,8 @@ class Trainer:
         self._activations: OrderedDict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         if fresh:
             sample = [record for source in self.sources for record in source.records[: config.statistics_records]]
-            self.hypernet.set_input_statistics([self.chunk_activations(r, 1)[0][0] for r in sample])
+            documents = self.read_documents([(record, 1) for record in sample])
+            self.hypernet.set_input_statistics([chunks[0][0] for chunks in documents])
         self.model = self.hypernet
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(self.hypernet)
@@ -211,30 +213,54 @@ class Trainer:
     def chunk_activations(self, record: QARecord, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Source-layer activations ``[S, T, d]`` and token ids ``[T]`` of each of ``chunks``
         equal document parts."""
-        key = (record.context, chunks)
-        if key in self._activations:
+        return self.read_documents([(record, chunks)])[0]
+
+    def read_documents(
+        self, wanted: list[tuple[QARecord, int]], token_budget: int = 32768
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``chunk_activations`` of many documents; the ones not cached yet are read together,
+        in a few padded forward passes instead of one pass per document."""
+        missing: dict[tuple[str, int], list[list[int]]] = {}
+        for record, chunks in wanted:
+            key = (record.context, chunks)
+            if key not in self._activations and key not in missing:
+                missing[key] = self._chunk_ids(record.context, chunks)
+        pieces = [(key, piece) for key, chunk_ids in missing.items() for piece in chunk_ids]
+        read: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {key: [] for key in missing}
+        for batch in token_budget_batches([len(piece) for _, piece in pieces], token_budget):
+            batch.sort()  # keep each document's chunks in order
+            input_ids, mask = pad_right([pieces[i][1] for i in batch], self.base.tokenizer.pad_token_id)
+            acts = layer_inputs(
+                self.base.model, input_ids.to(self.device), mask.to(self.device), self.hypernet.config.source_layers
+            )
+            for row, i in enumerate(batch):
+                key, piece = pieces[i]
+                read[key].append((i, acts[:, row, : len(piece)].to(torch.bfloat16), torch.tensor(piece)))
+        for key, found in read.items():
+            self._activations[key] = [(acts, ids) for _, acts, ids in sorted(found, key=lambda item: item[0])]
+        result = []
+        for record, chunks in wanted:
+            key = (record.context, chunks)
             self._activations.move_to_end(key)
-            return self._activations[key]
-        ids = self.base.tokenizer.encode(record.context, add_special_tokens=False)[: self.config.max_doc_tokens]
-        chunks = max(1, min(chunks, len(ids) // 16))
-        size = math.ceil(len(ids) / chunks)
-        pieces = [self.wrapper.wrap(ids[i : i + size]) for i in range(0, len(ids), size)]
-        input_ids, mask = pad_right(pieces, self.base.tokenizer.pad_token_id)
-        acts = layer_inputs(
-            self.base.model, input_ids.to(self.device), mask.to(self.device), self.hypernet.config.source_layers
-        )
-        result = [(acts[:, i, : len(p)].to(torch.bfloat16), torch.tensor(p)) for i, p in enumerate(pieces)]
-        self._activations[key] = result
-        if len(self._activations) > self.config.activation_cache_items:
+            result.append(self._activations[key])
+        while len(self._activations) > self.config.activation_cache_items:
             self._activations.popitem(last=False)
         return result
+
+    def _chunk_ids(self, context: str, chunks: int) -> list[list[int]]:
+        """The document's tokens in ``chunks`` equal parts, each wrapped as the model reads it."""
+        ids = self.base.tokenizer.encode(context, add_special_tokens=False)[: self.config.max_doc_tokens]
+        chunks = max(1, min(chunks, len(ids) // 16))
+        size = math.ceil(len(ids) / chunks)
+        return [self.wrapper.wrap(ids[i : i + size]) for i in range(0, len(ids), size)]
 
     def loss(self, batch: list[tuple[QARecord, Target, int]], with_other: bool = False) -> tuple[torch.Tensor, dict]:
         """Answer loss with each row's own adapter; with the contrastive term in training, or
         ``with_other``, also with another document's adapter (``info["kl_other"]``)."""
         chunk_acts, owners = [], []
-        for row, (record, _, chunks) in enumerate(batch):
-            for chunk in self.chunk_activations(record, chunks):
+        documents = self.read_documents([(record, chunks) for record, _, chunks in batch])
+        for row, chunks_of_row in enumerate(documents):
+            for chunk in chunks_of_row:
                 chunk_acts.append(chunk)
                 owners.append(row)
         longest = max(ids.shape[0] for _, ids in chunk_acts)
@@ -326,10 +352,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def train(self, until: int | None = None, minutes: float | None = None) -> Path:
+    def train(self, until: int | None = None, minutes: float | None = None, fit_schedule: bool = False) -> Path:
         """Train to ``config.steps``, or stop early (checkpointed) at step ``until`` or once
-        ``minutes`` of wall-clock time are spent (a rented machine's time budget)."""
+        ``minutes`` of wall-clock time are spent (a rented machine's time budget).
+
+        ``fit_schedule`` (with ``minutes``): time the first steps, then set ``config.steps`` so
+        the learning rate finishes its decay as the time runs out, instead of stopping at a
+        high learning rate part-way through a schedule sized for another machine."""
         config = self.config
+        if fit_schedule and minutes is None:
+            raise ValueError("fit_schedule needs a time budget (minutes)")
+        requested_until = until
         until = config.steps if until is None else min(until, config.steps)
         deadline = None if minutes is None else time.monotonic() + 60 * minutes
         if config.prefill_teacher:
@@ -352,6 +385,12 @@ class Trainer:
             self.hypernet._fingerprint = None
             self.step += 1
             done_here += 1
+            if fit_schedule and done_here == FIT_AFTER_STEPS:
+                seconds_per_step = (time.perf_counter() - started) / done_here
+                config.steps = self.step + max(1, int(0.97 * (deadline - time.monotonic()) / seconds_per_step))
+                until = config.steps if requested_until is None else min(requested_until, config.steps)
+                bar.total = config.steps
+                (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
             if deadline is not None and time.monotonic() >= deadline:
                 until = self.step
             rate = done_here / (time.perf_counter() - started)
