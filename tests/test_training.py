@@ -20,7 +20,7 @@ from doc2lora_rag.training.data import QARecord, needle_records, squad_records, 
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
-from doc2lora_rag.training.trainer import TrainConfig, Trainer, learning_rate
+from doc2lora_rag.training.trainer import TrainConfig, Trainer, adapter_spread, learning_rate
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 TINY_NET = {"width": 32, "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "head_width": 16, "chunk_size": 64}
@@ -222,6 +222,21 @@ def test_probe_gap_is_zero_for_a_fresh_network_and_not_for_a_document_reading_on
     random = trainer.probe(records)
     assert random["probe_gap"] != 0.0 and random["probe_own"] != fresh["probe_own"]
     assert random["probe_base"] == fresh["probe_base"]
+    assert fresh["probe_spread"] == 0.0 < random["probe_spread"]  # B starts at zero: no delta at all
+
+
+def test_adapter_spread_matches_the_full_size_deltas() -> None:
+    generator = torch.Generator().manual_seed(0)
+    factors = {
+        "down_proj": (torch.randn(5, 3, 4, 12, generator=generator), torch.randn(5, 3, 7, 4, generator=generator)),
+        "up_proj": (torch.randn(5, 3, 4, 6, generator=generator), torch.randn(5, 3, 9, 4, generator=generator)),
+    }
+    deltas = torch.cat([(b @ a).flatten(1) for a, b in factors.values()], dim=1)  # [documents, everything]
+    mean = deltas.mean(0)
+    expected = ((deltas - mean).pow(2).sum(1).mean().sqrt() / mean.norm()).item()
+    assert adapter_spread(factors) == pytest.approx(expected, rel=1e-4)
+    same = {name: (a[:1].expand(5, -1, -1, -1), b[:1].expand(5, -1, -1, -1)) for name, (a, b) in factors.items()}
+    assert adapter_spread(same) == pytest.approx(0.0, abs=1e-2)  # one adapter for every document
 
 
 def test_probe_rows_land_in_the_metrics(tmp_path: Path) -> None:

@@ -301,6 +301,12 @@ class Trainer:
                 shortfall = torch.relu(self.config.contrastive_margin - (kl_other - kl))
                 loss = loss + self.config.contrastive_weight * shortfall
             info["kl_other"] = kl_other.detach().item()
+        if with_other:
+            first_row: dict[str, int] = {}
+            for row, (record, _, _) in enumerate(batch):
+                first_row.setdefault(record.context, row)
+            keep = [i for i, row in enumerate(owners) if first_row[batch[row][0].context] == row]
+            info["spread"] = adapter_spread({name: (a[keep], b[keep]) for name, (a, b) in chunk_factors.items()})
         return loss, info
 
     def _student(self, records: list[QARecord], targets: list[Target]) -> StudentBatch:
@@ -314,7 +320,7 @@ class Trainer:
         document's adapter. Their difference (``probe_gap``) is how much the adapters carry
         of their own document: zero while the network only learns answer formats."""
         self.model.eval()
-        own, other, base = [], [], []
+        own, other, base, spread = [], [], [], []
         probe_key = tuple(r.key for r in records)
         known_base = self._probe_base.get(probe_key)
         for start in range(0, len(records) - 1, self.config.batch_size):
@@ -327,6 +333,7 @@ class Trainer:
                 raise ValueError("the probe needs rows from at least two documents")
             own.append(info["kl"])
             other.append(info["kl_other"])
+            spread.append(info["spread"])
             if known_base is None:  # the frozen model's loss never changes: measured once
                 base.append(self.bare_loss(rows, targets))
         self.model.train()
@@ -338,6 +345,7 @@ class Trainer:
             "probe_other": other_loss,
             "probe_gap": other_loss - own_loss,
             "probe_base": known_base,
+            "probe_spread": sum(spread) / len(spread),
         }
 
     @torch.no_grad()
@@ -433,6 +441,25 @@ class Trainer:
                 path.unlink()
             old.rmdir()
         plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+
+
+def adapter_spread(chunk_factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """How much the documents' adapters differ, relative to what they share: the RMS distance
+    of each chunk's delta ``B @ A`` from the mean delta, over the mean's norm (all modules and
+    layers together). Near zero, every document gets about the same adapter.
+
+    Computed from the Gram matrix of the deltas, ``<B_n A_n, B_m A_m> = sum((B_n^T B_m) *
+    (A_n A_m^T))``, so no full-size delta is ever formed. A ``[N, L, r, in]``, B ``[N, L, out, r]``.
+    """
+    gram = 0.0
+    for a, b in chunk_factors.values():
+        a, b = a.detach().float(), b.detach().float()
+        gram = gram + (torch.einsum("nlor,mlos->nmlrs", b, b) * torch.einsum("nlri,mlsi->nmlrs", a, a)).sum((2, 3, 4))
+    mean_sq = gram.sum() / gram.shape[0] ** 2
+    if mean_sq <= 0:
+        return 0.0
+    spread_sq = (gram.diagonal().mean() - mean_sq).clamp(min=0)
+    return float((spread_sq / mean_sq).sqrt())
 
 
 def _other_rows(contexts: list[str]) -> list[int] | None:
