@@ -291,6 +291,19 @@ def test_shipped_training_configs_are_valid(path: Path) -> None:
     assert config.hypernet.get("head_norm", "document") in ("document", "rms")
     assert all(source["kind"] in DEFAULT_TARGET for source in config.data)
     assert all(source.get("split", "train") == "train" for source in config.data)  # never the validation articles
+    probe = config.probe_data or {"kind": "synthetic"}
+    assert probe["kind"] in DEFAULT_TARGET and probe.get("split", "train") == "train"
+
+
+def test_probe_data_draws_held_out_documents_of_another_kind(tmp_path: Path) -> None:
+    spec = {"kind": "niah", "count": 3, "lengths": [64]}
+    config = _config(tmp_path, 1, data=[spec], probe_data=spec, probe_records=2)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    probe = trainer.probe_set()
+    assert len(probe) == 2 and all(record.source == "niah" for record in probe)
+    training = {record.context for record in trainer.sources[0].records}
+    assert not training & {record.context for record in probe}  # the probe's own seed
+    assert trainer.probe(probe)["probe_gap"] == 0.0  # a fresh network: B is zero
 
 
 def test_documents_read_together_match_documents_read_alone(tmp_path: Path) -> None:

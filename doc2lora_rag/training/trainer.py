@@ -76,6 +76,9 @@ class TrainConfig:
     # training source contains: see ``Trainer.probe``.
     probe_every: int = 0
     probe_records: int = 48
+    # The probe's documents: a data source spec like those in ``data``, drawn with the probe's
+    # own seed (default: synthetic fact documents).
+    probe_data: dict | None = None
     # Documents per source whose activations set the hypernetwork's input statistics.
     statistics_records: int = 16
     # Contrast: also answer each row with another document's adapter and add
@@ -355,8 +358,12 @@ class Trainer:
         return distillation_loss(response_logits(self.base.model, student), student).item()
 
     def probe_set(self) -> list[QARecord]:
-        """Held-out synthetic fact documents (a seed no training source uses)."""
-        return synthetic_fact_records(self.config.probe_records, seed=PROBE_SEED)
+        """Held-out documents (a seed no training source uses): synthetic facts, or the
+        source that ``config.probe_data`` names."""
+        if self.config.probe_data is None:
+            return synthetic_fact_records(self.config.probe_records, seed=PROBE_SEED)
+        spec = {**self.config.probe_data, "seed": PROBE_SEED, "target": "gold"}
+        return load_sources([spec], self.base.tokenizer)[0].records[: self.config.probe_records]
 
     # ------------------------------------------------------------------ loop
 
