@@ -270,3 +270,22 @@ def test_pointer_writes_document_token_embeddings_into_b(base) -> None:
     assert (weights[:, :4] >= 0).all() and weights[:, 4:].abs().max() < 1e-6
     with pytest.raises(ValueError, match="embeddings"):
         network(tokens, mask)
+
+
+def test_b_head_gain_scales_the_generated_b_only(base) -> None:
+    balanced = HyperNetwork(_config(base, source_layers="all")).eval()
+    assert balanced.heads.b_gain == pytest.approx(1 / (balanced.config.scale * balanced.config.head_width**0.5))
+    published = HyperNetwork(_config(base, source_layers="all", b_head_gain=1.0)).eval()
+    published.load_state_dict(balanced.state_dict())
+    with torch.no_grad():
+        for weight in balanced.heads.b_weight.values():
+            weight.normal_(0, 0.1)
+        published.load_state_dict(balanced.state_dict())
+        activations = torch.randn(NUM_LAYERS, 2, 9, base.model.config.hidden_size)
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        a_bal, b_bal = balanced(activations, mask)["down_proj"]
+        a_pub, b_pub = published(activations, mask)["down_proj"]
+    assert torch.equal(a_bal, a_pub)
+    assert torch.allclose(b_pub, b_bal / balanced.heads.b_gain, rtol=1e-4)
+    loaded = HypernetConfig.from_dict({k: v for k, v in balanced.config.to_dict().items() if k != "b_head_gain"})
+    assert loaded.b_head_gain is None  # configs saved before the option keep the balanced gain

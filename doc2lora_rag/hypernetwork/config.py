@@ -48,6 +48,10 @@ class HypernetConfig:
     # "rms": per-vector RMS norm of the head features, as published; "document": centre each
     # feature over documents first (model.DocumentCentering).
     head_norm: str = "rms"
+    # Multiplies the B head's output before alpha. None: 1 / (alpha * sqrt(head_width)), so an
+    # optimiser step moves B about as much as A. 1.0: alpha applies in full, as published,
+    # which makes B learn about alpha * sqrt(head_width) times faster than A (use a lower lr).
+    b_head_gain: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -60,9 +60,9 @@ class LayerHeads(nn.Module):
         super().__init__()
         num_layers, width, head = len(config.target_layers), config.width, config.head_width
         self.scale = config.scale
-        # The B head's output is multiplied by alpha; dividing its weights' gain by alpha * sqrt(head)
-        # keeps one optimiser step from moving the delta by alpha times more than it should.
-        self.b_gain = 1.0 / (config.scale * head**0.5)
+        # The B head's output is multiplied by alpha. By default its gain is divided by alpha *
+        # sqrt(head), so one optimiser step moves B about as much as A; see config.b_head_gain.
+        self.b_gain = 1.0 / (config.scale * head**0.5) if config.b_head_gain is None else config.b_head_gain
         self.project = nn.Linear(width, head)
         self.mlp_norm = nn.RMSNorm(head)
         self.mlp_in = nn.Parameter(torch.randn(num_layers, head, 2 * head) / head**0.5)
