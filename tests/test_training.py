@@ -15,6 +15,7 @@ import torch
 
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.hypernetwork.config import HypernetConfig
+from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
@@ -357,3 +358,20 @@ def test_fit_schedule_ends_the_learning_rate_decay_as_the_time_runs_out(
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(learning_rate(trainer.config, trainer.step - 1))
     assert rows[-1]["lr"] < 0.11 * config.lr  # decayed to min_lr_ratio
+
+
+def test_answer_head_learns_to_name_the_answer_tokens(tmp_path: Path) -> None:
+    config = _config(tmp_path, 30, data=[{"kind": "synthetic", "count": 2}], answer_weight=1.0, lr=1e-2)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    assert trainer.hypernet.config.answer_head and trainer.hypernet.answer_head is not None
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["answer"] for r in rows[:5]) / 5
+    last = sum(r["answer"] for r in rows[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert all(r["loss"] - r["kl"] == pytest.approx(r["answer"], abs=1e-3) for r in rows)  # part of the loss
+    saved = HyperNetwork.from_pretrained(tmp_path / "checkpoint")
+    assert saved.answer_head is not None
+    activations = torch.randn(len(saved.config.source_layers), 1, 5, saved.config.base_hidden_size)
+    factors = saved(activations, torch.ones(1, 5, dtype=torch.bool))  # inference ignores the head
+    assert set(factors) == set(saved.config.target_modules)

@@ -52,6 +52,9 @@ class HypernetConfig:
     # optimiser step moves B about as much as A. 1.0: alpha applies in full, as published,
     # which makes B learn about alpha * sqrt(head_width) times faster than A (use a lower lr).
     b_head_gain: float | None = None
+    # A training-only head that reads the answer's tokens off the latents (TrainConfig's
+    # answer_weight), a direct signal for the cross-attention to find what the document says.
+    answer_head: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -119,6 +119,7 @@ class HyperNetwork(nn.Module):
         self.decoder = block()
         self.heads = LayerHeads(config)
         self.pointer = TokenPointer(config) if config.pointer else None
+        self.answer_head = nn.Linear(width, config.base_hidden_size, bias=False) if config.answer_head else None
         # The document-independent block is a learned constant; its B is learned at full scale.
         self.bias_a, self.bias_b = nn.ParameterDict(), nn.ParameterDict()
         if config.bias_rank:
@@ -129,10 +130,15 @@ class HyperNetwork(nn.Module):
         self._fingerprint: str | None = None
 
     def forward(
-        self, activations: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor | None = None
-    ) -> Factors:
+        self,
+        activations: torch.Tensor,
+        mask: torch.Tensor,
+        embeddings: torch.Tensor | None = None,
+        return_summary: bool = False,
+    ) -> Factors | tuple[Factors, torch.Tensor]:
         """activations ``[S, N, T, d]``, mask ``[N, T]``, the tokens' input embeddings
-        ``[N, T, d]`` (needed with ``config.pointer``) -> per module (A ``[N, L, r, in]``, B)."""
+        ``[N, T, d]`` (needed with ``config.pointer``) -> per module (A ``[N, L, r, in]``, B).
+        ``return_summary`` also returns each chunk's mean encoder latent ``[N, W]``."""
         config = self.config
         if self.pointer is not None and embeddings is None:
             raise ValueError("this hypernetwork points at token embeddings: pass the chunks' embeddings")
@@ -148,6 +154,7 @@ class HyperNetwork(nn.Module):
         latents = latents.expand(-1, num_chunks, -1, -1).reshape(num_sources * num_chunks, -1, config.width)
         for block in self.encoder:
             latents = block(latents, x, x_mask)
+        summary = latents.view(num_sources, num_chunks, -1, config.width).mean((0, 2))
         # Back to one latent set per (chunk, layer): [N*L, latents, W].
         latents = latents.view(num_sources, num_chunks, group, config.num_latents, config.width)
         latents = latents.transpose(0, 1).reshape(-1, config.num_latents, config.width)
@@ -162,7 +169,7 @@ class HyperNetwork(nn.Module):
                 if pointed is not None:
                     a, b = factors[name]
                     factors[name] = (a, b + pointed)
-        return factors
+        return (factors, summary) if return_summary else factors
 
     @torch.no_grad()
     def set_input_statistics(self, activations: list[torch.Tensor]) -> None:

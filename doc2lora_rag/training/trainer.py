@@ -90,6 +90,11 @@ class TrainConfig:
     # Start a new run from another run's hypernetwork weights (fresh optimizer and schedule).
     # Parts that the saved network lacks (e.g. a newly enabled pointer) start as in a fresh one.
     init_from: str | None = None
+    # Weight of an auxiliary loss: from each chunk's latents, the hypernetwork's answer head
+    # names the answer's tokens (scored against the base model's input embeddings). Adapters
+    # only start to depend on their document once the cross-attention finds what matters in
+    # it; this gives the attention that signal directly instead of only through the adapters.
+    answer_weight: float = 0.0
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -156,9 +161,10 @@ class Trainer:
         if (checkpoint / "hypernet_config.json").is_file():
             fingerprint = model_fingerprint(self.base.model)
             return HyperNetwork.from_pretrained(checkpoint, base_fingerprint=fingerprint), False
+        options = {**self.config.hypernet, "answer_head": True} if self.config.answer_weight else self.config.hypernet
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            network = HyperNetwork(HypernetConfig.for_base_model(self.base, **self.config.hypernet))
+            network = HyperNetwork(HypernetConfig.for_base_model(self.base, **options))
         if self.config.init_from is None:
             return network, True
         saved = HyperNetwork.from_pretrained(self.config.init_from, base_fingerprint=model_fingerprint(self.base.model))
@@ -279,7 +285,7 @@ class Trainer:
         embeddings = None
         if self.hypernet.config.pointer:
             embeddings = self.base.model.get_input_embeddings()(ids).detach().float()
-        chunk_factors = self.model(padded, mask, embeddings)
+        chunk_factors, summary = self.model(padded, mask, embeddings, return_summary=True)
         rows = self.hypernet.assemble_per_row(chunk_factors, owners, len(batch))
         l1 = sum(a.abs().mean() + b.abs().mean() for a, b in chunk_factors.values())
         config = self.hypernet.config
@@ -294,6 +300,10 @@ class Trainer:
         kl = distillation_loss(logits, student)
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
+        if self.config.answer_weight:
+            answer = self._answer_loss(summary, owners, [target for _, target, _ in batch])
+            loss = loss + self.config.answer_weight * answer
+            info["answer"] = answer.detach().item()
         contrast = bool(self.config.contrastive_weight) and self.model.training
         others = _other_rows([record.context for record, _, _ in batch]) if contrast or with_other else None
         if others is not None:
@@ -311,6 +321,26 @@ class Trainer:
             keep = [i for i, row in enumerate(owners) if first_row[batch[row][0].context] == row]
             info["spread"] = adapter_spread({name: (a[keep], b[keep]) for name, (a, b) in chunk_factors.items()})
         return loss, info
+
+    def _answer_loss(self, summary: torch.Tensor, owners: list[int], targets: list[Target]) -> torch.Tensor:
+        """Negative log-likelihood of each row's answer tokens under its chunks' answer-head
+        guesses (a mixture over the row's chunks: only one of them may hold the answer)."""
+        if self.hypernet.answer_head is None:
+            raise ValueError("answer_weight needs a hypernetwork with an answer head (start a new run)")
+        vocabulary = self.base.model.get_input_embeddings().weight.detach()
+        scores = self.hypernet.answer_head(summary) @ vocabulary.to(summary.dtype).T
+        log_probs = scores.log_softmax(-1)  # [chunks, V]
+        owner = torch.tensor(owners, device=log_probs.device)
+        special = set(self.base.tokenizer.all_special_ids)
+        losses = []
+        for row, target in enumerate(targets):
+            tokens = sorted({t for t in target.tokens.tolist() if t not in special})
+            if not tokens:
+                continue
+            chunks = log_probs[owner == row]
+            mixture = chunks.logsumexp(0) - math.log(chunks.shape[0])
+            losses.append(-mixture[tokens].mean())
+        return torch.stack(losses).mean() if losses else summary.sum() * 0.0
 
     def _student(self, records: list[QARecord], targets: list[Target]) -> StudentBatch:
         """The questions alone (no document) with the target answers, on the device."""
