@@ -375,3 +375,15 @@ def test_answer_head_learns_to_name_the_answer_tokens(tmp_path: Path) -> None:
     activations = torch.randn(len(saved.config.source_layers), 1, 5, saved.config.base_hidden_size)
     factors = saved(activations, torch.ones(1, 5, dtype=torch.bool))  # inference ignores the head
     assert set(factors) == set(saved.config.target_modules)
+
+
+def test_answer_loss_leaves_out_questions_unrelated_to_their_document(tmp_path: Path) -> None:
+    config = _config(tmp_path, 1, answer_weight=1.0)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    record = synthetic_fact_records(1, seed=5)[0]
+    unrelated = dataclasses.replace(record, teacher_sees_context=False)
+    target = trainer.target(record, "gold")
+    summary = torch.randn(2, trainer.hypernet.config.width)
+    assert trainer._answer_loss(summary, [0, 1], [(record, target, 1), (unrelated, target, 1)]) > 0
+    alone = trainer._answer_loss(summary[1:], [0], [(unrelated, target, 1)])
+    assert alone.item() == 0.0

@@ -301,7 +301,7 @@ class Trainer:
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
         if self.config.answer_weight:
-            answer = self._answer_loss(summary, owners, [target for _, target, _ in batch])
+            answer = self._answer_loss(summary, owners, batch)
             loss = loss + self.config.answer_weight * answer
             info["answer"] = answer.detach().item()
         contrast = bool(self.config.contrastive_weight) and self.model.training
@@ -322,9 +322,12 @@ class Trainer:
             info["spread"] = adapter_spread({name: (a[keep], b[keep]) for name, (a, b) in chunk_factors.items()})
         return loss, info
 
-    def _answer_loss(self, summary: torch.Tensor, owners: list[int], targets: list[Target]) -> torch.Tensor:
+    def _answer_loss(
+        self, summary: torch.Tensor, owners: list[int], batch: list[tuple[QARecord, Target, int]]
+    ) -> torch.Tensor:
         """Negative log-likelihood of each row's answer tokens under its chunks' answer-head
-        guesses (a mixture over the row's chunks: only one of them may hold the answer)."""
+        guesses (a mixture over the row's chunks: only one of them may hold the answer). Rows
+        whose answer does not come from their document (unrelated questions) are left out."""
         if self.hypernet.answer_head is None:
             raise ValueError("answer_weight needs a hypernetwork with an answer head (start a new run)")
         vocabulary = self.base.model.get_input_embeddings().weight.detach()
@@ -333,9 +336,9 @@ class Trainer:
         owner = torch.tensor(owners, device=log_probs.device)
         special = set(self.base.tokenizer.all_special_ids)
         losses = []
-        for row, target in enumerate(targets):
+        for row, (record, target, _) in enumerate(batch):
             tokens = sorted({t for t in target.tokens.tolist() if t not in special})
-            if not tokens:
+            if not tokens or not record.teacher_sees_context:
                 continue
             chunks = log_probs[owner == row]
             mixture = chunks.logsumexp(0) - math.log(chunks.shape[0])
