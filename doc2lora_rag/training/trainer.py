@@ -11,6 +11,7 @@ Sampling is stateless (seeded by step), so a resumed run continues the same traj
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -237,7 +238,6 @@ class Trainer:
         pieces = [(key, piece) for key, chunk_ids in missing.items() for piece in chunk_ids]
         read: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {key: [] for key in missing}
         for batch in token_budget_batches([len(piece) for _, piece in pieces], token_budget):
-            batch.sort()  # keep each document's chunks in order
             input_ids, mask = pad_right([pieces[i][1] for i in batch], self.base.tokenizer.pad_token_id)
             acts = layer_inputs(
                 self.base.model, input_ids.to(self.device), mask.to(self.device), self.hypernet.config.source_layers
@@ -245,7 +245,7 @@ class Trainer:
             for row, i in enumerate(batch):
                 key, piece = pieces[i]
                 read[key].append((i, acts[:, row, : len(piece)].to(torch.bfloat16), torch.tensor(piece)))
-        for key, found in read.items():
+        for key, found in read.items():  # batches go longest first: restore the chunk order
             self._activations[key] = [(acts, ids) for _, acts, ids in sorted(found, key=lambda item: item[0])]
         result = []
         for record, chunks in wanted:
@@ -330,11 +330,9 @@ class Trainer:
         whose answer does not come from their document (unrelated questions) are left out."""
         if self.hypernet.answer_head is None:
             raise ValueError("answer_weight needs a hypernetwork with an answer head (start a new run)")
-        vocabulary = self.base.model.get_input_embeddings().weight.detach()
-        scores = self.hypernet.answer_head(summary) @ vocabulary.to(summary.dtype).T
-        log_probs = scores.log_softmax(-1)  # [chunks, V]
+        vocabulary, special = self._answer_vocabulary
+        log_probs = (self.hypernet.answer_head(summary) @ vocabulary.T).log_softmax(-1)  # [chunks, V]
         owner = torch.tensor(owners, device=log_probs.device)
-        special = set(self.base.tokenizer.all_special_ids)
         losses = []
         for row, (record, target, _) in enumerate(batch):
             tokens = sorted({t for t in target.tokens.tolist() if t not in special})
@@ -344,6 +342,13 @@ class Trainer:
             mixture = chunks.logsumexp(0) - math.log(chunks.shape[0])
             losses.append(-mixture[tokens].mean())
         return torch.stack(losses).mean() if losses else summary.sum() * 0.0
+
+    @functools.cached_property
+    def _answer_vocabulary(self) -> tuple[torch.Tensor, set[int]]:
+        """The frozen input embeddings in fp32 (the answer head's output space) and the special
+        token ids that are no answer; converted once rather than every step."""
+        weight = self.base.model.get_input_embeddings().weight.detach().float()
+        return weight, set(self.base.tokenizer.all_special_ids)
 
     def _student(self, records: list[QARecord], targets: list[Target]) -> StudentBatch:
         """The questions alone (no document) with the target answers, on the device."""
@@ -415,7 +420,7 @@ class Trainer:
         deadline = None if minutes is None else time.monotonic() + 60 * minutes
         if config.prefill_teacher:
             self.prepare_teacher()
-        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        self._write_config()
         metrics_path = self.out / "metrics.jsonl"
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         self.model.train()
@@ -438,7 +443,7 @@ class Trainer:
                 config.steps = self.step + max(1, int(0.97 * (deadline - time.monotonic()) / seconds_per_step))
                 until = config.steps if requested_until is None else min(requested_until, config.steps)
                 bar.total = config.steps
-                (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+                self._write_config()
             if deadline is not None and time.monotonic() >= deadline:
                 until = self.step
             rate = done_here / (time.perf_counter() - started)
@@ -463,6 +468,9 @@ class Trainer:
                 self.save()
         bar.close()
         return self.out / "checkpoint"
+
+    def _write_config(self) -> None:
+        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
 
     def save(self) -> None:
         """Checkpoint atomically: write beside, then rename over the previous one."""
