@@ -17,9 +17,10 @@ from doc2lora_rag import (
 )
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.layers import decoder_layers
-from doc2lora_rag.base_model.loading import BaseModel
+from doc2lora_rag.base_model.loading import BaseModel, align_special_tokens
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS
 from doc2lora_rag.hypernetwork.chunking import chunk_token_ids
+from doc2lora_rag.testing import tiny_base_model
 from tests.conftest import make_text_engine, make_tiny_engine
 
 DOC = "Ferns of the Ardmore valley: 31 species, 4 endemic, survey by M. Quill in 2019."
@@ -306,3 +307,16 @@ def test_an_abandoned_stream_does_not_block_other_threads() -> None:
         done = pool.submit(engine.complete, "And the lighthouse?", max_new_tokens=4).result(timeout=120)
     assert done.completion_tokens == 4
     pieces.close()
+
+
+def test_special_tokens_follow_the_model_config() -> None:
+    base = tiny_base_model()
+    tokenizer, config = base.tokenizer, base.model.config
+    right_eos, right_pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    tokenizer.eos_token = tokenizer.bos_token  # as some releases rebuild a GGUF's tokenizer
+    assert tokenizer.eos_token_id != right_eos
+    align_special_tokens(tokenizer, config)
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (right_eos, right_pad) == (
+        config.eos_token_id,
+        config.pad_token_id,
+    )

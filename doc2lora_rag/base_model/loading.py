@@ -19,6 +19,7 @@ from safetensors.torch import save_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -72,6 +73,7 @@ def embedded_model_dir() -> Path:
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    align_special_tokens(tokenizer, model.config)
     # Write beside the target, then rename, so a killed conversion never leaves a half copy.
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,19 @@ def embedded_model_dir() -> Path:
         shutil.rmtree(target)
     tmp.replace(target)
     return target
+
+
+def align_special_tokens(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
+    """Give the tokenizer the model config's BOS/EOS/PAD ids.
+
+    How a GGUF's tokenizer is rebuilt varies between transformers releases (5.17 names
+    ``<|im_start|>`` as SmolLM2's end of sequence and leaves no pad token, 5.24 ``<|im_end|>``);
+    answers end, and training targets stop, at the EOS, so it must not depend on the release.
+    The config's ids come from the GGUF's own metadata."""
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int) and getattr(tokenizer, f"{role}_token_id") != token_id:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def load_base_model(
@@ -108,6 +123,8 @@ def load_base_model(
         source, name = name_or_path, str(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if name_or_path is None:  # also mends copies converted before the alignment existed
+        align_special_tokens(tokenizer, model.config)
     return freeze(BaseModel(model=model.to(device), tokenizer=tokenizer, name=name))
 
 
