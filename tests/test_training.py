@@ -98,6 +98,24 @@ def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert TeacherCache(tmp_path, Teacher(base, top_k=8, max_new_tokens=6)).missing(records) == records
 
 
+def test_teacher_targets_with_nan_are_refused_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tiny_base_model()
+    records = synthetic_fact_records(2, seed=5)
+    cache = TeacherCache(tmp_path, Teacher(base, top_k=4, max_new_tokens=6))
+    generate = cache.teacher.generate
+
+    def nan_teacher(prompts):
+        *good, last = generate(prompts)
+        logprobs = last.topk_logprobs.clone()
+        logprobs[0, 0] = float("nan")
+        return [*good, Target(last.tokens, last.topk_ids, logprobs)]
+
+    monkeypatch.setattr(cache.teacher, "generate", nan_teacher)
+    with pytest.raises(FloatingPointError, match="NaN log-probs for 1 of 2"):
+        cache.fill(records, progress=False)
+    assert cache.missing(records) == records
+
+
 def test_gold_target_loss_is_cross_entropy() -> None:
     base = tiny_base_model()
     tokens = base.tokenizer.encode("42", add_special_tokens=False) + [base.tokenizer.eos_token_id]
@@ -325,10 +343,16 @@ def test_documents_read_together_match_documents_read_alone(tmp_path: Path) -> N
 
 class _StepClock:
     """Stands in for the ``time`` module: it only moves when a training step runs (one
-    second per step), so the trainer's timing is deterministic."""
+    second per step, after ``slow_steps`` warm-up steps of ten seconds each), so the
+    trainer's timing is deterministic."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow_steps: int = 0) -> None:
         self.now = 0.0
+        self.slow_steps = slow_steps
+
+    def tick(self) -> None:
+        self.now += 10.0 if self.slow_steps > 0 else 1.0
+        self.slow_steps -= 1
 
     def monotonic(self) -> float:
         return self.now
@@ -336,28 +360,61 @@ class _StepClock:
     perf_counter = time = monotonic
 
 
+@pytest.mark.parametrize("slow_steps", [0, 5])
 def test_fit_schedule_ends_the_learning_rate_decay_as_the_time_runs_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_steps: int
 ) -> None:
-    clock = _StepClock()
+    clock = _StepClock(slow_steps)
     monkeypatch.setattr("doc2lora_rag.training.trainer.time", clock)
     config = _config(tmp_path, 100_000, save_every=1000, log_every=1, warmup_steps=2)
     trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
     step_loss = trainer.loss
 
-    def one_second_step(batch, with_other=False):
-        clock.now += 1.0
+    def timed_step(batch, with_other=False):
+        clock.tick()
         return step_loss(batch, with_other)
 
-    monkeypatch.setattr(trainer, "loss", one_second_step)
+    monkeypatch.setattr(trainer, "loss", timed_step)
     with pytest.raises(ValueError, match="time budget"):
         trainer.train(fit_schedule=True)
-    trainer.train(minutes=1, fit_schedule=True)  # 60 steps of this clock
-    assert 50 <= trainer.config.steps < 60 and trainer.step == trainer.config.steps
+    trainer.train(minutes=2, fit_schedule=True)
+    # 120 s of this clock: 120 steps, or 5 slow ones (50 s) and 70 at the steady rate; the
+    # slow first steps must not make the fitted schedule stop far short of the deadline.
+    steady_steps = 120 - 9 * slow_steps
+    assert steady_steps - 10 <= trainer.config.steps < steady_steps and trainer.step == trainer.config.steps
     assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == trainer.config.steps
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(learning_rate(trainer.config, trainer.step - 1))
     assert rows[-1]["lr"] < 0.11 * config.lr  # decayed to min_lr_ratio
+
+
+def test_non_finite_steps_leave_the_weights_alone_and_a_run_of_them_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = Trainer(_config(tmp_path, 3), base=tiny_base_model(max_positions=512), progress=False)
+    step_loss = trainer.loss
+    poisoned = {1}
+
+    def sometimes_nan(batch, with_other=False):
+        loss, info = step_loss(batch, with_other)
+        return (loss * float("nan") if trainer.step in poisoned else loss), info
+
+    monkeypatch.setattr(trainer, "loss", sometimes_nan)
+    trainer.train(until=1)
+    before = {k: v.clone() for k, v in trainer.hypernet.state_dict().items()}
+    trainer.train(until=2)
+    assert all(torch.equal(before[k], v) for k, v in trainer.hypernet.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in trainer.hypernet.state_dict().values())
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.hypernet.state_dict().items())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row.get("skipped", 0) for row in rows] == [0, 1, 0]
+
+    poisoned.update(range(3, 100))
+    trainer.config.steps = 100
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        trainer.train()
+    assert trainer.step < 3 + 25
 
 
 def test_answer_head_learns_to_name_the_answer_tokens(tmp_path: Path) -> None:

@@ -141,6 +141,12 @@ class TeacherCache:
         bar = tqdm(total=len(todo), desc="teacher", unit="rec", disable=not progress)
         for batch in token_budget_batches(lengths, token_budget):
             targets = self.teacher.generate([prompts[i] for i in batch])
+            broken = sum(bool(t.topk_logprobs.isnan().any()) for t in targets)
+            if broken:  # stored, they would turn every step that samples them into NaN
+                raise FloatingPointError(
+                    f"the teacher gave NaN log-probs for {broken} of {len(batch)} records "
+                    f"(base model dtype {self.teacher.base.dtype}; float32 avoids low-precision overflow)"
+                )
             for index, target in zip(batch, targets, strict=True):
                 self.cache.set(self.key(todo[index]), target.to_bytes())
             bar.update(len(batch))

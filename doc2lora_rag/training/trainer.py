@@ -40,7 +40,9 @@ from doc2lora_rag.training.sources import load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
 
 PROBE_SEED = 424242  # held-out documents for the training probe; evaluation uses another seed
-FIT_AFTER_STEPS = 10  # steps timed before ``fit_schedule`` sizes the schedule
+FIT_SKIP_STEPS = 5  # first steps left out of ``fit_schedule``'s timing (kernel and cache warm-up)
+FIT_AFTER_STEPS = 20  # steps timed before ``fit_schedule`` sizes the schedule
+MAX_NONFINITE_STEPS = 20  # consecutive non-finite losses before a run stops
 
 
 @dataclass
@@ -69,6 +71,8 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 10
     device: str | None = None
+    # The frozen base model's dtype ("float32", "bfloat16"); None: bf16 on a GPU, fp32 on a CPU.
+    base_dtype: str | None = None
     activation_cache_items: int = 20000
     # False: start at once and skip records whose teacher targets are not cached yet (a
     # background teacher pass fills them in); the trajectory then depends on that pass.
@@ -125,7 +129,9 @@ class Trainer:
             torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
             if device == "cuda":
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        self.base = base or load_base_model(config.base_model, device=device)
+        self.base = base or load_base_model(
+            config.base_model, device=device, dtype=getattr(torch, config.base_dtype) if config.base_dtype else None
+        )
         self.device = self.base.device
         self.wrapper = ChatWrapper.for_tokenizer(self.base.tokenizer)
         self.sources = load_sources(config.data, self.base.tokenizer, seed=config.seed)
@@ -424,7 +430,8 @@ class Trainer:
         metrics_path = self.out / "metrics.jsonl"
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         self.model.train()
-        started, done_here = time.perf_counter(), 0
+        started, done_here, nonfinite = time.perf_counter(), 0, 0
+        timing_from = started
         probe_records = self.probe_set() if config.probe_every else []
         while self.step < until:
             lr = learning_rate(config, self.step)
@@ -434,12 +441,21 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), config.grad_clip)
-            self.optimizer.step()
+            if torch.isfinite(grad_norm):  # the same on every rank: gradients are all-reduced
+                self.optimizer.step()
+                nonfinite = 0
+            else:  # one bad batch must not poison the weights; a run of them stops the run
+                nonfinite += 1
+                info["skipped"] = 1
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    raise FloatingPointError(f"{nonfinite} non-finite gradients in a row at step {self.step}")
             self.hypernet._fingerprint = None
             self.step += 1
             done_here += 1
-            if fit_schedule and done_here == FIT_AFTER_STEPS:
-                seconds_per_step = (time.perf_counter() - started) / done_here
+            if done_here == FIT_SKIP_STEPS:
+                timing_from = time.perf_counter()
+            if fit_schedule and done_here == FIT_SKIP_STEPS + FIT_AFTER_STEPS:
+                seconds_per_step = (time.perf_counter() - timing_from) / FIT_AFTER_STEPS
                 config.steps = self.step + max(1, int(0.97 * (deadline - time.monotonic()) / seconds_per_step))
                 until = config.steps if requested_until is None else min(requested_until, config.steps)
                 bar.total = config.steps
