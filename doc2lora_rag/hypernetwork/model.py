@@ -154,7 +154,7 @@ class HyperNetwork(nn.Module):
         latents = latents.expand(-1, num_chunks, -1, -1).reshape(num_sources * num_chunks, -1, config.width)
         for block in self.encoder:
             latents = block(latents, x, x_mask)
-        summary = latents.view(num_sources, num_chunks, -1, config.width).mean((0, 2))
+        summary = latents.view(num_sources, num_chunks, -1, config.width).mean((0, 2)) if return_summary else None
         # Back to one latent set per (chunk, layer): [N*L, latents, W].
         latents = latents.view(num_sources, num_chunks, group, config.num_latents, config.width)
         latents = latents.transpose(0, 1).reshape(-1, config.num_latents, config.width)
