@@ -17,9 +17,10 @@ from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS, validate_text
 from doc2lora_rag.errors import IncompatibleModelError
 from doc2lora_rag.generation.generate import Completion, complete, stream
-from doc2lora_rag.hypernetwork.chunking import chunk_token_ids, pad_right, token_budget_batches
+from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, pad_right, token_budget_batches
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
+from doc2lora_rag.router.chunks import best_chunks
 
 SHIPPED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINTS / "smollm2-135m-instruct"
@@ -143,6 +144,19 @@ class Doc2LoRA:
             metadata=dict(metadata),
             bias_rank=self.config.bias_rank if bias_rank is None else bias_rank,
         )
+
+    def focus(self, adapter: LoRAAdapter, text: str, question: str, max_chunks: int) -> LoRAAdapter:
+        """``adapter`` (made from ``text``) cut down to the ``max_chunks`` chunks that match
+        ``question`` best; unchanged when it has no more chunks than that, or when no chunk
+        shares a term with the question. Summing many chunk adapters drowns what one chunk
+        holds, while the right chunk's adapter alone answers (``benchmarks/composition.py``)."""
+        if adapter.num_chunks <= max_chunks:
+            return adapter
+        texts = chunk_texts(self.tokenizer, validate_text(text, max_chars=self.max_chars), self.config.chunk_size)
+        if len(texts) != adapter.num_chunks:
+            raise ValueError(f"the text splits into {len(texts)} chunks, the adapter has {adapter.num_chunks}")
+        chosen = best_chunks(question, texts, max_chunks)
+        return adapter if chosen is None else adapter.select_chunks(chosen)
 
     # ------------------------------------------------------------------ answer
 

@@ -30,6 +30,8 @@ from doc2lora_rag.router import Corpus, RouteHit, Router, check_filters, make_ro
 from doc2lora_rag.store import AdapterStore, StoredDocument
 
 DEFAULT_K = 3
+# Training composes at most 3 chunk adapters; past that the sum stops answering.
+DEFAULT_MAX_CHUNKS = 3
 
 
 class Retrieved(NamedTuple):
@@ -119,7 +121,9 @@ class Doc2LoRAIndex:
     use (routing, ``get`` and ``retrieve`` never need it). ``router``: ``"bm25"`` (default),
     ``"embedding"``, ``"all"`` or a :class:`Router`. ``k``: adapters per question;
     ``threshold``: the router's minimum normalised score (None keeps the router's default);
-    ``batch_size``: documents internalised together while ingesting.
+    ``max_chunks``: a routed document with more chunks than this answers with the chunks that
+    match the question best (None: always all of them); ``batch_size``: documents
+    internalised together while ingesting.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Doc2LoRAIndex:
         *,
         k: int = DEFAULT_K,
         threshold: float | None = None,
+        max_chunks: int | None = DEFAULT_MAX_CHUNKS,
         cache_size: int = 64,
         max_new_tokens: int = 128,
         batch_size: int = 32,
@@ -143,6 +148,7 @@ class Doc2LoRAIndex:
             self.store = AdapterStore(store, create=create, cache_size=cache_size, lock_timeout=lock_timeout)
         self.router = make_router(router, **({} if threshold is None else {"threshold": threshold}))
         self.k = _check_k(k)
+        self.max_chunks = None if max_chunks is None else _check_k(max_chunks, "max_chunks")
         self.max_new_tokens = max_new_tokens
         self.batch_size = max(1, batch_size)
         self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
@@ -360,17 +366,20 @@ class Doc2LoRAIndex:
     ) -> tuple[LoRAAdapter | None, list[Source]]:
         """Route, then load and combine the routed adapters; ids deleted meanwhile drop out."""
         hits = self.route(question, k, filters, min_score=min_score)
+        docs = self.store.catalog.get_many([h.id for h in hits])
         adapters, used = [], []
         for hit in hits:
             try:
-                adapters.append(self.store.load_adapter(hit.id))
+                adapter = self.store.load_adapter(hit.id)
             except UnknownIdError:  # deleted by another process since routing
                 continue
+            if self.max_chunks is not None and adapter.num_chunks > self.max_chunks and hit.id in docs:
+                adapter = self.engine.focus(adapter, docs[hit.id].text, question, self.max_chunks)
+            adapters.append(adapter)
             used.append(hit)
         combined = None
         if adapters:
             combined = adapters[0] if len(adapters) == 1 else LoRAAdapter.concat(adapters)
-        docs = self.store.catalog.get_many([h.id for h in used])
         sources = [Source(h.id, docs[h.id].metadata if h.id in docs else {}, h.score) for h in used]
         return combined, sources
 
@@ -456,7 +465,7 @@ class Doc2LoRAIndex:
         ]
 
 
-def _check_k(k: int) -> int:
+def _check_k(k: int, name: str = "k") -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, not {k!r}")
+        raise ValueError(f"{name} must be a positive integer, not {k!r}")
     return k

@@ -15,6 +15,8 @@ from torch import nn
 from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, LoRAAdapter
 from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from doc2lora_rag.adapters.runtime import adapters_attached
+from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids
+from doc2lora_rag.router.chunks import best_chunks
 
 SHORT_DOC = "The lighthouse keeper on Varn Island logs the tide at 06:40 every morning."
 LONG_DOC = (
@@ -278,3 +280,60 @@ def test_detach_after_an_error(tiny_engine, short_adapter, question) -> None:
         raise RuntimeError("boom")
     assert not any(m._forward_hooks for m in model.modules())
     assert torch.equal(logits_of(model, question), base_logits)
+
+
+# ------------------------------------------------------------------ chunks of long documents
+
+CHAPTERS = [
+    "The harbour of Tesk shelters forty fishing boats and a ferry to the mainland. " * 2,
+    "The granary of Oulme stores barley, rye and oats through the long winter months. " * 2,
+    "The observatory of Pirra tracks comets with a bronze telescope built in 1890. " * 2,
+    "The vineyard of Calst presses its grapes by hand and ages the wine in oak casks. " * 2,
+]
+
+
+@pytest.fixture(scope="module")
+def chaptered(tiny_engine: Doc2LoRA) -> tuple[str, LoRAAdapter]:
+    text = " ".join(CHAPTERS)
+    return text, tiny_engine.internalize(text)
+
+
+def test_select_chunks_keeps_those_chunks_and_the_bias_block(tiny_engine, chaptered) -> None:
+    text, adapter = chaptered
+    chunk_factors = tiny_engine._chunk_factors(
+        chunk_token_ids(tiny_engine.tokenizer, tiny_engine.wrapper, text, tiny_engine.config.chunk_size)
+    )
+    assert adapter.num_chunks == len(chunk_factors) > 3
+    picked = adapter.select_chunks([3, 1])
+    assert picked.num_chunks == 2 and picked.metadata["chunks"] == [1, 3]
+    assert picked.rank == 2 * adapter.chunk_rank + adapter.bias_rank
+    for index, layer in enumerate(adapter.layers):
+        expected = _bias_delta(adapter, layer)
+        for chunk in (1, 3):
+            a, b = chunk_factors[chunk]["down_proj"]
+            expected = expected + b[0, index] @ a[0, index]
+        torch.testing.assert_close(picked.delta("down_proj", layer), expected, atol=1e-5, rtol=1e-4)
+    for wrong in ([], [adapter.num_chunks], [-1]):
+        with pytest.raises(ValueError, match="subset"):
+            adapter.select_chunks(wrong)
+
+
+def test_best_chunks_ranks_by_the_question_and_keeps_document_order() -> None:
+    assert best_chunks("Which telescope tracks comets at Pirra?", CHAPTERS, 1) == [2]
+    assert best_chunks("Where are barley and wine kept?", CHAPTERS, 2) == [1, 3]
+    assert best_chunks("Quantum chromodynamics?", CHAPTERS, 2) is None
+    assert best_chunks("anything", CHAPTERS[:2], 3) == [0, 1]
+    with pytest.raises(ValueError, match="at least 1"):
+        best_chunks("anything", CHAPTERS, 0)
+
+
+def test_focus_answers_with_the_matching_chunk_of_a_long_document(tiny_engine, chaptered) -> None:
+    text, adapter = chaptered
+    chunks = chunk_texts(tiny_engine.tokenizer, text, tiny_engine.config.chunk_size)
+    target = next(i for i, chunk in enumerate(chunks) if "telescope" in chunk)
+    focused = tiny_engine.focus(adapter, text, "What does the bronze telescope track?", max_chunks=1)
+    assert focused.metadata["chunks"] == [target]
+    assert tiny_engine.focus(adapter, text, "What?", max_chunks=adapter.num_chunks) is adapter
+    assert tiny_engine.focus(adapter, text, "Quantum chromodynamics?", max_chunks=1) is adapter
+    with pytest.raises(ValueError, match="splits into"):
+        tiny_engine.focus(adapter, CHAPTERS[0], "What does the telescope track?", max_chunks=1)

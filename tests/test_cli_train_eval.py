@@ -58,8 +58,15 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     assert set(scores) == {"no_context", "in_context", "adapter", "unrelated_adapter"}
     assert all(0.0 <= s["f1"] <= 1.0 and 0.0 <= s["contains"] <= 1.0 for s in scores.values())
     assert set(data["niah"]) == {"64"}
+    assert set(data["niah"]["64"]) == {"adapter", "focused", "in_context"}
+    general = data["general"]
+    assert set(general["scores"]) == {"no_context", "unrelated_adapter", "routed"}
+    assert 0.0 <= general["attached"] <= 1.0
+    assert general["num_documents"] == data["qa"]["synthetic-heldout"]["num_documents"]
+    assert 0.0 <= general["agreement"] <= 1.0 and 0.0 <= general["unchanged"] <= 1.0
     text = report.read_text()
-    assert "synthetic-heldout" in text and "Needle in a haystack" in text
+    assert "synthetic-heldout" in text and "Needle in a haystack" in text and "General questions" in text
+    assert "adapter, best chunks" in text
     assert (tmp_path / "results-qa.png").is_file() and (tmp_path / "results-niah.png").is_file()
 
 

@@ -127,3 +127,59 @@ def test_answer_nll_matches_a_direct_forward_pass_and_sees_adapters(tiny_engine)
     with_adapter = answer_nll(tiny_engine, questions, answers, adapters=[adapter, None], batch_size=2)
     assert with_adapter[0] != pytest.approx(batched[0], abs=1e-6)
     assert with_adapter[1] == pytest.approx(batched[1], rel=1e-4, abs=1e-4)
+
+
+def test_evaluate_general_compares_unrelated_adapters_with_the_base_model() -> None:
+    from doc2lora_rag.evaluation.evaluate import evaluate_general
+
+    questions = [("capital of France?", ["Paris"]), ("largest planet?", ["Jupiter"]), ("two plus two?", ["4"])]
+    documents = ["The largest planet of the Orvel system is a cold gas giant.", "A ferry crosses the bay."]
+    seen = []
+
+    class _General(_ScriptedEngine):
+        def generate_batch(self, questions, *, adapters=None, contexts=None, max_new_tokens=48):
+            seen.append(list(zip(questions, adapters or [None] * len(questions), strict=True)))
+            rows = adapters or [None] * len(questions)
+            return [
+                _Completion(self.script[("adapter" if a is not None else "no_context", q)])
+                for q, a in zip(questions, rows, strict=True)
+            ]
+
+    script = {
+        ("no_context", "capital of France?"): "Paris.", ("adapter", "capital of France?"): "paris",
+        ("no_context", "largest planet?"): "Jupiter", ("adapter", "largest planet?"): "Saturn",
+        ("no_context", "two plus two?"): "five", ("adapter", "two plus two?"): "4",
+    }
+    engine = _General(script)
+    report = evaluate_general(engine, documents, questions, batch_size=3, progress=False)
+    assert engine.internalized == documents
+    base, forced, routed = seen
+    assert all(a is None for _, a in base)
+    # Forced: question i gets the adapter of document i mod 2.
+    assert [a for _, a in forced] == [f"adapter:{documents[0]}", f"adapter:{documents[1]}", f"adapter:{documents[0]}"]
+    # Routed: only the question that shares terms with a document gets its adapter.
+    assert [a for _, a in routed] == [None, f"adapter:{documents[0]}", None]
+    assert report.attached == pytest.approx(1 / 3)
+    assert report.scores["no_context"]["contains"] == pytest.approx(2 / 3)
+    assert report.scores["unrelated_adapter"]["contains"] == pytest.approx(2 / 3)
+    assert report.scores["routed"]["contains"] == pytest.approx(1 / 3)  # Paris. / Saturn / five
+    assert report.unchanged == pytest.approx(1 / 3)  # only "Paris." and "paris" agree once normalised
+    assert report.agreement == pytest.approx(1 / 3)
+    assert [e["question"] for e in report.examples] == ["largest planet?", "two plus two?"]
+    assert report.to_dict()["num_documents"] == 2
+
+
+def test_evaluate_general_needs_a_document() -> None:
+    from doc2lora_rag.evaluation.evaluate import evaluate_general
+
+    with pytest.raises(ValueError, match="at least one document"):
+        evaluate_general(_ScriptedEngine({}), [], [("q?", ["a"])], progress=False)
+
+
+def test_shipped_general_questions_have_answers() -> None:
+    from doc2lora_rag.evaluation.evaluate import general_questions
+
+    questions = general_questions()
+    assert len(questions) >= 50
+    assert len({q for q, _ in questions}) == len(questions)
+    assert all(q.endswith("?") and answers and all(a.strip() for a in answers) for q, answers in questions)

@@ -22,6 +22,7 @@ from doc2lora_rag import (
 from doc2lora_rag.adapters.lora import WEIGHTS_FILE
 from doc2lora_rag.documents import content_hash, derived_id
 from doc2lora_rag.errors import StoreError
+from doc2lora_rag.hypernetwork.chunking import chunk_texts
 from doc2lora_rag.index import Answer, Retrieved
 from doc2lora_rag.router import embeddings_available
 from tests.conftest import make_tiny_engine
@@ -403,3 +404,27 @@ def test_from_documents_with_a_bad_document_creates_no_store(tmp_path, tiny_engi
     with pytest.raises(InvalidDocumentError, match="document 1"):
         Doc2LoRAIndex.from_documents(["good text", "   "], store=tmp_path / "s", engine=tiny_engine)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_long_document_answers_with_its_matching_chunks(tmp_path, tiny_engine):
+    chapters = [
+        "The harbour of Tesk shelters forty fishing boats and a ferry to the mainland. " * 2,
+        "The granary of Oulme stores barley, rye and oats through the long winter months. " * 2,
+        "The observatory of Pirra tracks comets with a bronze telescope built in 1890. " * 2,
+        "The vineyard of Calst presses its grapes by hand and ages the wine in oak casks. " * 2,
+        "The quarry of Brenn cuts grey slate for the roofs of the valley's farmhouses. " * 2,
+    ]
+    question = "What does the bronze telescope of Pirra track?"
+    focused = Doc2LoRAIndex.from_documents(
+        [{"text": " ".join(chapters), "id": "atlas"}], store=tmp_path / "s", engine=tiny_engine, max_chunks=1
+    )
+    whole = focused.store.load_adapter("atlas")
+    assert whole.num_chunks > 3
+    adapter, sources = focused._plan(question, None, None, None)
+    assert [s.id for s in sources] == ["atlas"]
+    assert adapter.num_chunks == 1 and adapter.rank == whole.chunk_rank + whole.bias_rank
+    assert "telescope" in chunk_texts(tiny_engine.tokenizer, " ".join(chapters), 48)[adapter.metadata["chunks"][0]]
+    everything = Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, max_chunks=None)
+    assert everything._plan(question, None, None, None)[0].num_chunks == whole.num_chunks
+    with pytest.raises(ValueError, match="max_chunks must be"):
+        Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, max_chunks=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,27 @@ class LoRAAdapter:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoRAAdapter:
         moved = {n: (a.to(device, dtype), b.to(device, dtype)) for n, (a, b) in self.factors.items()}
         return self._replace(factors=moved)
+
+    @property
+    def chunk_rank(self) -> int:
+        """Ranks per chunk: the chunk blocks come first, in order, and the bias block last."""
+        chunk_ranks = self.rank - self.bias_rank
+        if self.num_chunks < 1 or chunk_ranks % self.num_chunks:
+            raise ValueError(f"{chunk_ranks} chunk ranks do not split into {self.num_chunks} chunks")
+        return chunk_ranks // self.num_chunks
+
+    def select_chunks(self, chunks: Sequence[int]) -> LoRAAdapter:
+        """The adapter of some of its chunks alone: their rank blocks plus the bias block."""
+        size = self.chunk_rank
+        chunks = sorted(set(chunks))
+        if not chunks or chunks[0] < 0 or chunks[-1] >= self.num_chunks:
+            raise ValueError(f"chunks must be a non-empty subset of 0..{self.num_chunks - 1}, not {chunks}")
+        keep = [c * size + i for c in chunks for i in range(size)]
+        keep += list(range(self.rank - self.bias_rank, self.rank))
+        index = torch.tensor(keep, device=next(iter(self.factors.values()))[0].device)
+        factors = {n: (a.index_select(1, index), b.index_select(2, index)) for n, (a, b) in self.factors.items()}
+        metadata = {**self.metadata, "chunks": chunks}
+        return self._replace(factors=factors, num_chunks=len(chunks), metadata=metadata)
 
     def delta(self, module: str, layer: int) -> torch.Tensor:
         """The dense weight delta ``B @ A`` of one module (for checks, not the hot path)."""

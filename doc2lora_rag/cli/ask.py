@@ -29,6 +29,9 @@ def ask(
     show_sources: Annotated[
         bool, typer.Option("--show-sources", help="list the documents used, with their scores")
     ] = False,
+    max_chunks: Annotated[
+        int, typer.Option(min=0, help="a longer document answers with its best-matching chunks only (0: all)")
+    ] = 3,
     router: Annotated[str, typer.Option(help="bm25, embedding or all")] = "bm25",
     min_score: Annotated[float | None, typer.Option(help="relevance threshold in [0, 1]")] = None,
     where: Annotated[
@@ -53,7 +56,9 @@ def ask(
             spec = EngineSpec.resolve(adapters, base_model, hypernet, threads=threads)
             engine = spec.load(lambda message: typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW))
             try:
-                index = Doc2LoRAIndex(adapters, engine, router, k=k, max_new_tokens=max_new_tokens)
+                index = Doc2LoRAIndex(
+                    adapters, engine, router, k=k, max_chunks=max_chunks or None, max_new_tokens=max_new_tokens
+                )
             except ValueError as error:
                 raise CommandError(str(error)) from error
             spec.remember(adapters, spec.untrained(engine))

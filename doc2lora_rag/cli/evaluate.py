@@ -29,11 +29,18 @@ def evaluate(
     niah: Annotated[str, typer.Option(help="comma-separated haystack lengths in tokens; empty to skip")] = "",
     niah_count: Annotated[int, typer.Option(help="needles per haystack length")] = 10,
     niah_in_context_max: Annotated[int, typer.Option(help="longest haystack also run in context")] = 8192,
+    niah_max_chunks: Annotated[
+        int, typer.Option(help="also answer from the haystack's N best-matching chunks, as the index does (0: skip)")
+    ] = 3,
     context_distillation: Annotated[bool, typer.Option(help="also run the per-document CD baseline")] = False,
     cd_docs: Annotated[
         int, typer.Option(help="run the CD baseline on the first N documents of each data source only (0: all)")
     ] = 0,
     cd_steps: Annotated[int, typer.Option(help="optimiser steps of the CD baseline per document")] = 30,
+    general_docs: Annotated[
+        int,
+        typer.Option(help="general-knowledge questions with the adapters of this many evaluated documents (0: skip)"),
+    ] = 20,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     json_out: Annotated[Path | None, typer.Option(help="write all numbers as JSON here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write a Markdown report (with plots) here")] = None,
@@ -44,7 +51,7 @@ def evaluate(
     import torch
 
     from doc2lora_rag.engine import Doc2LoRA
-    from doc2lora_rag.evaluation.evaluate import evaluate_niah, evaluate_qa
+    from doc2lora_rag.evaluation.evaluate import evaluate_general, evaluate_niah, evaluate_qa
 
     if threads:
         torch.set_num_threads(threads)
@@ -52,8 +59,10 @@ def evaluate(
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
     results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "qa": {}, "niah": {}}
+    evaluated: list[list] = []
     for item in data or []:
         name, records = _eval_records(item, limit)
+        evaluated.append(records)
         runs = [(name, records, modes)]
         if context_distillation and cd_docs:
             # CD costs seconds to minutes per document: compare it with the adapter on a subset.
@@ -65,9 +74,20 @@ def evaluate(
             )
             results["qa"][run_name] = report.to_dict()
             _print_qa(run_name, report)
+    if general_docs:
+        documents = _interleaved_documents(evaluated or [_eval_records("synthetic:", general_docs)[1]], general_docs)
+        general = evaluate_general(engine, documents, max_new_tokens=max_new_tokens)
+        results["general"] = general.to_dict()
+        _print_general(general)
     if niah:
         lengths = [int(x) for x in niah.split(",") if x.strip()]
-        results["niah"] = evaluate_niah(engine, lengths, count=niah_count, in_context_max_tokens=niah_in_context_max)
+        results["niah"] = evaluate_niah(
+            engine,
+            lengths,
+            count=niah_count,
+            in_context_max_tokens=niah_in_context_max,
+            max_chunks=niah_max_chunks or None,
+        )
         _print_niah(results["niah"])
     if markdown:
         from doc2lora_rag.evaluation.report import write_markdown
@@ -103,6 +123,17 @@ def _first_documents(records: list, count: int) -> list:
     return [r for r in records if r.context in kept]
 
 
+def _interleaved_documents(sources: list[list], count: int) -> list[str]:
+    """Up to ``count`` distinct documents, taken in turn from each source's records."""
+    queues = [list(dict.fromkeys(r.context for r in records)) for records in sources]
+    documents: list[str] = []
+    while len(documents) < count and any(queues):
+        for queue in queues:
+            if queue and len(documents) < count:
+                documents.append(queue.pop(0))
+    return documents
+
+
 def _spread(records: list, limit: int) -> list:
     """An even sample across the file, so every validation article is represented."""
     if len(records) <= limit:
@@ -127,11 +158,25 @@ def _print_qa(name: str, report) -> None:
     console.print(table)
 
 
+def _print_general(report) -> None:
+    table = Table(title=f"general questions: {report.num_questions}, adapters of {report.num_documents} documents")
+    for column in ("mode", "token F1", "answer-contains"):
+        table.add_column(column)
+    for mode, scores in report.scores.items():
+        table.add_row(mode, f"{scores['f1']:.3f}", f"{scores['contains']:.3f}")
+    console.print(table)
+    agreement = f"F1 {report.agreement:.3f}, unchanged {report.unchanged:.2f}"
+    console.print(f"forced adapter against the base model's answers: {agreement}")
+    console.print(f"routed: {report.attached:.2f} of the questions got an adapter")
+
+
 def _print_niah(results: dict) -> None:
     table = Table(title="needle in a haystack: answer-contains accuracy")
-    for column in ("haystack tokens", "adapter", "in context"):
+    focused = any("focused" in row for row in results.values())
+    for column in ("haystack tokens", "adapter", *(["adapter, best chunks"] if focused else []), "in context"):
         table.add_column(column)
     for length, row in results.items():
         in_context = "past limit" if row["in_context"] is None else f"{row['in_context']:.2f}"
-        table.add_row(str(length), f"{row['adapter']:.2f}", in_context)
+        best = [f"{row['focused']:.2f}"] if focused else []
+        table.add_row(str(length), f"{row['adapter']:.2f}", *best, in_context)
     console.print(table)

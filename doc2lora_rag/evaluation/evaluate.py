@@ -7,18 +7,23 @@ headline is the ratio adapter / in-context (1.0 = as good as reading the documen
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
 from doc2lora_rag.evaluation.likelihood import answer_nll
-from doc2lora_rag.evaluation.metrics import answer_contains, token_f1
+from doc2lora_rag.evaluation.metrics import answer_contains, normalize_answer, token_f1
+from doc2lora_rag.router.base import Corpus
+from doc2lora_rag.router.bm25 import BM25Router
 from doc2lora_rag.training.data import QARecord, needle_records
 
 MODES = ("no_context", "in_context", "adapter", "unrelated_adapter", "context_distillation")
+GENERAL_QUESTIONS = Path(__file__).with_name("general_questions.json")
 
 
 @dataclass
@@ -140,6 +145,95 @@ def _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, pro
     return answers
 
 
+def general_questions(path: str | Path = GENERAL_QUESTIONS) -> list[tuple[str, list[str]]]:
+    """General-knowledge questions with their accepted answers, none about any document."""
+    return [(item["question"], list(item["answers"])) for item in json.loads(Path(path).read_text())]
+
+
+@dataclass
+class GeneralReport:
+    """How an adapter changes answers to questions its document says nothing about.
+
+    ``scores`` holds F1 and answer-contains against the gold answers for the base model alone
+    (``no_context``), with an unrelated document's adapter forced on (``unrelated_adapter``),
+    and as the index answers (``routed``: BM25 over the documents attaches the best one only
+    when it passes the relevance threshold, else the base model answers alone); ``attached``
+    is the share of questions the router gave an adapter. ``agreement`` is the forced adapter
+    answers' token F1 against the base model's own answers and ``unchanged`` the share of
+    those answers that stay the same once normalised.
+    """
+
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    attached: float = 0.0
+    agreement: float = 0.0
+    unchanged: float = 0.0
+    num_questions: int = 0
+    num_documents: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_general(
+    engine,
+    documents: Sequence[str],
+    questions: Sequence[tuple[str, Sequence[str]]] | None = None,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> GeneralReport:
+    """Answer general questions with the base model alone, then question ``i`` again with the
+    adapter of ``documents[i % len(documents)]``: a knowledge module should leave what the
+    model already knew as it was."""
+    if not documents:
+        raise ValueError("evaluate_general needs at least one document")
+    questions = list(general_questions() if questions is None else questions)
+    adapters = [engine.internalize(text) for text in tqdm(documents, desc="general adapters", disable=not progress)]
+    rows = [adapters[i % len(adapters)] for i in range(len(questions))]
+    router = BM25Router()
+    ids = [str(i) for i in range(len(documents))]
+    router.fit(Corpus(ids=ids, texts=list(documents), hashes=ids))
+    hits = [router.search(question, 1) for question, _ in questions]
+    routed = [adapters[int(h[0].id)] if h else None for h in hits]
+    base_answers, adapter_answers, routed_answers = [], [], []
+    for start in tqdm(range(0, len(questions), batch_size), desc="general", disable=not progress):
+        batch = [q for q, _ in questions[start : start + batch_size]]
+        base_answers += [c.text for c in engine.generate_batch(batch, max_new_tokens=max_new_tokens)]
+        done = engine.generate_batch(batch, adapters=rows[start : start + batch_size], max_new_tokens=max_new_tokens)
+        adapter_answers += [c.text for c in done]
+        chosen = routed[start : start + batch_size]
+        done = base_answers[start : start + batch_size]  # rows the router gave no adapter
+        if any(a is not None for a in chosen):
+            with_adapters = engine.generate_batch(batch, adapters=chosen, max_new_tokens=max_new_tokens)
+            done = [c.text if a is not None else base for c, a, base in zip(with_adapters, chosen, done, strict=True)]
+        routed_answers += done
+    golds = [answers for _, answers in questions]
+    report = GeneralReport(num_questions=len(questions), num_documents=len(documents))
+    report.attached = _mean(float(a is not None) for a in routed)
+    modes = (("no_context", base_answers), ("unrelated_adapter", adapter_answers), ("routed", routed_answers))
+    for mode, answers in modes:
+        report.scores[mode] = {
+            "f1": _mean(token_f1(a, g) for a, g in zip(answers, golds, strict=True)),
+            "contains": _mean(answer_contains(a, g) for a, g in zip(answers, golds, strict=True)),
+        }
+    pairs = list(zip(adapter_answers, base_answers, strict=True))
+    report.agreement = _mean(token_f1(a, b) for a, b in pairs)
+    report.unchanged = _mean(float(normalize_answer(a) == normalize_answer(b)) for a, b in pairs)
+    changed = [i for i, (a, b) in enumerate(pairs) if normalize_answer(a) != normalize_answer(b)]
+    for index in changed[:3]:
+        report.examples.append(
+            {
+                "question": questions[index][0],
+                "gold": golds[index],
+                "no_context": base_answers[index],
+                "unrelated_adapter": adapter_answers[index],
+            }
+        )
+    return report
+
+
 def evaluate_niah(
     engine,
     lengths: Sequence[int],
@@ -147,22 +241,29 @@ def evaluate_niah(
     count: int = 10,
     seed: int = 1000,
     in_context_max_tokens: int | None = None,
+    max_chunks: int | None = None,
     progress: bool = True,
 ) -> dict[int, dict[str, float | None]]:
     """Needle retrieval accuracy by haystack length, from the adapter and (where the document
-    fits in the window and under ``in_context_max_tokens``) with the document in context."""
+    fits in the window and under ``in_context_max_tokens``) with the document in context.
+    With ``max_chunks``, also from the adapter cut down to the chunks that match the question
+    best (``focused``), as the index answers from a long document."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = min(window, in_context_max_tokens or window)
     count_tokens: Callable[[str], int] = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731
     results: dict[int, dict[str, float | None]] = {}
     for length in lengths:
         records = needle_records(count, length, count_tokens, seed=seed)
-        adapter_hits, context_hits = [], []
+        adapter_hits, context_hits, focused_hits = [], [], []
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
             adapter = engine.internalize(record.context)
             adapter_hits.append(
                 answer_contains(engine.generate(record.question, adapters=[adapter], max_new_tokens=16), record.answer)
             )
+            if max_chunks is not None:
+                focused = engine.focus(adapter, record.context, record.question, max_chunks)
+                answer = engine.generate(record.question, adapters=[focused], max_new_tokens=16)
+                focused_hits.append(answer_contains(answer, record.answer))
             if length + 64 <= limit:
                 answer = engine.generate(record.question, context=record.context, max_new_tokens=16)
                 context_hits.append(answer_contains(answer, record.answer))
@@ -170,6 +271,8 @@ def evaluate_niah(
             "adapter": _mean(adapter_hits),
             "in_context": _mean(context_hits) if context_hits else None,
         }
+        if max_chunks is not None:
+            results[length]["focused"] = _mean(focused_hits)
     return results
 
 

@@ -63,19 +63,71 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         lines.append("")
     if results.get("qa"):
         plot = path.with_name(path.stem + "-qa.png")
-        _plot_qa(results["qa"], plot)
+        panels = {**results["qa"], **({"general questions": results["general"]} if results.get("general") else {})}
+        _plot_qa(panels, plot)
         lines += [f"![answer quality by mode]({plot.name})", ""]
+    if results.get("general"):
+        lines += _general_section(results["general"])
     if results.get("niah"):
-        lines += ["## Needle in a haystack (answer-contains)", "", "| haystack tokens | adapter | in context |",
-                  "|---|---|---|"]
-        for length, row in results["niah"].items():
-            in_context = "not run (past limit)" if row["in_context"] is None else f"{row['in_context']:.2f}"
-            lines.append(f"| {length} | {row['adapter']:.2f} | {in_context} |")
+        lines += _niah_table(results["niah"])
         plot = path.with_name(path.stem + "-niah.png")
         _plot_niah(results["niah"], plot)
         lines += ["", f"![needle accuracy by haystack length]({plot.name})", ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def _niah_table(niah: dict) -> list[str]:
+    focused = any("focused" in row for row in niah.values())
+    lines = ["## Needle in a haystack (answer-contains)", ""]
+    if focused:
+        lines += [
+            "adapter: the sum of all chunk adapters. adapter, best chunks: the chunks that match the",
+            "question best (BM25 over the chunks' text), as `Doc2LoRAIndex` answers from a long document.",
+            "",
+            "| haystack tokens | adapter | adapter, best chunks | in context |",
+            "|---|---|---|---|",
+        ]
+    else:
+        lines += ["| haystack tokens | adapter | in context |", "|---|---|---|"]
+    for length, row in niah.items():
+        in_context = "not run (past limit)" if row["in_context"] is None else f"{row['in_context']:.2f}"
+        best = f" {row['focused']:.2f} |" if focused else ""
+        lines.append(f"| {length} | {row['adapter']:.2f} |{best} {in_context} |")
+    return lines
+
+
+def _general_section(general: dict) -> list[str]:
+    """General questions: does an unrelated document's adapter change what the model knew?"""
+    lines = [
+        f"## General questions with an unrelated document's adapter: {general['num_questions']} questions, "
+        f"adapters of {general['num_documents']} documents",
+        "",
+        "General-knowledge questions that no evaluated document is about, answered by the base",
+        "model alone (no_context), with the adapter of one of the evaluated documents forced on",
+        "(unrelated_adapter), and as the index answers (routed: BM25 over those documents attaches",
+        "the best one only when it passes the relevance threshold, else the base model answers).",
+        "",
+        "| mode | token F1 | answer-contains |",
+        "|---|---|---|",
+    ]
+    for mode, scores in general["scores"].items():
+        lines.append(f"| {mode} | {scores['f1']:.3f} | {scores['contains']:.3f} |")
+    lines += [
+        "",
+        f"Forced adapter answers against the base model's own: token F1 {general['agreement']:.3f}, "
+        f"unchanged {general['unchanged']:.2f}. The router attached an adapter to "
+        f"{general['attached']:.0%} of the questions.",
+        "",
+    ]
+    if general.get("examples"):
+        lines += ["Changed answers:", ""]
+        for example in general["examples"]:
+            lines.append(f"- **{example['question']}** (gold: {', '.join(example['gold'])})")
+            lines.append(f"  - no_context: {example['no_context']!r}")
+            lines.append(f"  - unrelated_adapter: {example['unrelated_adapter']!r}")
+        lines.append("")
+    return lines
 
 
 def _fmt(value: float | None) -> str:
@@ -103,6 +155,8 @@ def _plot_niah(niah: dict, out: Path) -> None:
     lengths = [int(k) for k in niah]
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot(lengths, [niah[k]["adapter"] for k in niah], marker="o", label="adapter")
+    if all("focused" in row for row in niah.values()):
+        axis.plot(lengths, [niah[k]["focused"] for k in niah], marker="^", label="adapter, best chunks")
     points = [(int(k), v["in_context"]) for k, v in niah.items() if v["in_context"] is not None]
     if points:
         axis.plot(*zip(*points, strict=True), marker="s", label="in context")

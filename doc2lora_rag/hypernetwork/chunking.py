@@ -16,8 +16,17 @@ def chunk_token_ids(
     tokenizer: PreTrainedTokenizerBase, wrapper: ChatWrapper, text: str, chunk_size: int
 ) -> list[list[int]]:
     """Token ids of each chunk of at most ``chunk_size`` document tokens, chat-wrapped."""
+    return [wrapper.wrap(ids) for ids in _split(tokenizer, text, chunk_size)]
+
+
+def chunk_texts(tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int) -> list[str]:
+    """The text of each chunk, split exactly as :func:`chunk_token_ids` splits it."""
+    return [tokenizer.decode(ids) for ids in _split(tokenizer, text, chunk_size)]
+
+
+def _split(tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int) -> list[list[int]]:
     ids = tokenizer.encode(text, add_special_tokens=False)
-    return [wrapper.wrap(ids[i : i + chunk_size]) for i in range(0, len(ids), chunk_size)]
+    return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
