@@ -266,6 +266,9 @@ def test_ask_ls_show_rm_export_stats(tiny, corpus, tmp_path, monkeypatch) -> Non
     streamed = run("ask", "When does the ferry leave Port Anna?", "--store", store, "--stream", "--max-new-tokens", "4",
                    "--where", "format=text", "--show-sources")
     assert streamed.exit_code == 0 and streamed.stdout.rstrip().endswith(str(corpus / "ferry.txt"))
+    for chunks, code in (("1", 0), ("0", 0), ("-1", 2)):  # 0: every chunk; negative: refused
+        asked = run("ask", "Who kept the light?", "--store", store, "--max-chunks", chunks, "--max-new-tokens", "1")
+        assert asked.exit_code == code, asked.output
     nothing = run("ask", "zebra quantum saxophone", "--store", store, "--max-new-tokens", "2")
     assert nothing.exit_code == 0 and "base model answered alone" in nothing.stderr
 
