@@ -354,12 +354,22 @@ class Doc2LoRAIndex:
             Retrieved(h.id, docs[h.id].text, docs[h.id].metadata, h.score) for h in hits if h.id in docs
         ]
 
-    def adapter(self, ids: Sequence[str]) -> LoRAAdapter | None:
-        """The rank-concatenated adapter of these documents (None for no documents)."""
-        adapters = self.store.load_adapters(list(ids))
-        if not adapters:
-            return None
-        return adapters[0] if len(adapters) == 1 else LoRAAdapter.concat(adapters)
+    def adapter(self, ids: Sequence[str], question: str | None = None) -> LoRAAdapter | None:
+        """The rank-concatenated adapter of these documents (None for no documents); with
+        ``question``, a document of more than ``max_chunks`` chunks adds its best-matching
+        chunks only, as :meth:`query` does."""
+        ids = list(ids)
+        adapters = self.store.load_adapters(ids)
+        if question is not None:
+            docs = self.store.catalog.get_many(ids)
+            adapters = [self._focused(a, docs.get(i), question) for i, a in zip(ids, adapters, strict=True)]
+        return _combine(adapters)
+
+    def _focused(self, adapter: LoRAAdapter, doc: StoredDocument | None, question: str) -> LoRAAdapter:
+        """The adapter, cut to its chunks that match ``question`` when it has too many."""
+        if self.max_chunks is None or adapter.num_chunks <= self.max_chunks or doc is None:
+            return adapter
+        return self.engine.focus(adapter, doc.text, question, self.max_chunks)
 
     def _plan(
         self, question: str, k: int | None, filters: dict | None, min_score: float | None
@@ -373,15 +383,10 @@ class Doc2LoRAIndex:
                 adapter = self.store.load_adapter(hit.id)
             except UnknownIdError:  # deleted by another process since routing
                 continue
-            if self.max_chunks is not None and adapter.num_chunks > self.max_chunks and hit.id in docs:
-                adapter = self.engine.focus(adapter, docs[hit.id].text, question, self.max_chunks)
-            adapters.append(adapter)
+            adapters.append(self._focused(adapter, docs.get(hit.id), question))
             used.append(hit)
-        combined = None
-        if adapters:
-            combined = adapters[0] if len(adapters) == 1 else LoRAAdapter.concat(adapters)
         sources = [Source(h.id, docs[h.id].metadata if h.id in docs else {}, h.score) for h in used]
-        return combined, sources
+        return _combine(adapters), sources
 
     # ---------------------------------------------------------------- answering
 
@@ -463,6 +468,12 @@ class Doc2LoRAIndex:
             )
             for c, (_, sources) in zip(completions, plans, strict=True)
         ]
+
+
+def _combine(adapters: list[LoRAAdapter]) -> LoRAAdapter | None:
+    if not adapters:
+        return None
+    return adapters[0] if len(adapters) == 1 else LoRAAdapter.concat(adapters)
 
 
 def _check_k(k: int, name: str = "k") -> int:

@@ -424,6 +424,9 @@ def test_a_long_document_answers_with_its_matching_chunks(tmp_path, tiny_engine)
     assert [s.id for s in sources] == ["atlas"]
     assert adapter.num_chunks == 1 and adapter.rank == whole.chunk_rank + whole.bias_rank
     assert "telescope" in chunk_texts(tiny_engine.tokenizer, " ".join(chapters), 48)[adapter.metadata["chunks"][0]]
+    # The adapter of given ids (what the framework drop-ins attach) narrows to the question too.
+    assert focused.adapter(["atlas"], question=question).metadata["chunks"] == adapter.metadata["chunks"]
+    assert focused.adapter(["atlas"]).num_chunks == whole.num_chunks
     everything = Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, max_chunks=None)
     assert everything._plan(question, None, None, None)[0].num_chunks == whole.num_chunks
     with pytest.raises(ValueError, match="max_chunks must be"):

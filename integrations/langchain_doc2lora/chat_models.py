@@ -33,6 +33,7 @@ from langchain_doc2lora.runtime import (
     default_engine,
     generate,
     generate_stream,
+    last_user_text,
     render_turns,
 )
 
@@ -163,7 +164,7 @@ class ChatDoc2LoRA(BaseChatModel):
         if self.index is not None:
             turns, ids = self._swap_documents(turns)
             if ids:
-                adapter = core_index(self.index).adapter(ids)
+                adapter = core_index(self.index).adapter(ids, question=last_user_text(turns))
         return _Call(
             engine=engine,
             prompt=render_turns(engine, turns),

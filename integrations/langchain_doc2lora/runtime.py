@@ -93,6 +93,11 @@ def engine_lock(engine: Doc2LoRA) -> threading.Lock:
         return lock
 
 
+def last_user_text(turns: Sequence[tuple[str, str]]) -> str | None:
+    """The latest user turn's text: the question that picks a long document's chunks."""
+    return next((text for role, text in reversed(turns) if role == "user"), None)
+
+
 def render_turns(engine: Doc2LoRA, turns: Sequence[tuple[str, str]]) -> str:
     """The prompt for ``(role, text)`` turns, through the tokenizer's own chat template.
 

@@ -30,6 +30,7 @@ from langchain_doc2lora.runtime import (
     default_engine,
     generate,
     generate_stream,
+    last_user_text,
     render_turns,
 )
 
@@ -115,7 +116,8 @@ class Doc2LoRALLM(CustomLLM):
         elif ids:
             raise ValueError("adapter_ids need a bound index to load the adapters from")
         ids = [i for i in ids if core is not None and i in core]  # deleted meanwhile: dropped
-        adapter = core.adapter(ids) if core is not None and ids else None
+        question = raw if raw is not None else last_user_text(turns)
+        adapter = core.adapter(ids, question=question) if core is not None and ids else None
         prompt = raw if raw is not None else render_turns(engine, turns)
         max_new_tokens = kwargs.get("max_new_tokens") or self.max_new_tokens
         stop = kwargs.get("stop", self.stop)

@@ -373,3 +373,18 @@ def test_bound_index_engine_is_used(store, text_engine):
     llm = ChatDoc2LoRA(index=store)
     assert llm.model_name == text_engine.base.name
     assert llm._resolve_engine() is text_engine
+
+
+def test_chat_model_asks_for_adapters_narrowed_to_the_question(store, monkeypatch):
+    asked = []
+    real = store.core.adapter
+
+    def recording(ids, question=None):
+        asked.append((list(ids), question))
+        return real(ids, question=question)
+
+    monkeypatch.setattr(store.core, "adapter", recording)
+    llm = ChatDoc2LoRA(index=store, max_tokens=TOKENS)
+    result = llm.invoke([SystemMessage(f"Context:\n\n{LIGHTHOUSE}"), HumanMessage(QUESTION)])
+    assert result.response_metadata["adapter_ids"] == ["light"]
+    assert asked == [(["light"], QUESTION)]  # a long document would keep its chunks that match it

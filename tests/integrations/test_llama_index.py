@@ -46,7 +46,8 @@ def node_of(index: Doc2LoRAIndex, ref_doc_id: str) -> str:
 
 
 def direct(engine: Doc2LoRA, index: Doc2LoRAIndex, question: str, ids: list[str]) -> tuple[str, int]:
-    adapter = index.core.adapter(ids) if ids else None
+    """The answer with these nodes' adapters (long ones narrowed to the question), bypassing LlamaIndex."""
+    adapter = index.core.adapter(ids, question=question) if ids else None
     prompt = runtime.render_turns(engine, [("user", question)])
     result = complete(engine.base, [prompt], adapters=adapter, max_new_tokens=TOKENS)[0]
     return result.text, result.prompt_tokens
@@ -267,3 +268,21 @@ def test_context_chat_engine_gets_adapters(index, monkeypatch):
     assert [n.node.node_id for n in reply.source_nodes] == [node_of(index, LIGHTHOUSE)]
     (prompt, adapter), *_ = calls
     assert adapter is not None and "Tomas Brennick" not in prompt and QUESTION in prompt
+
+
+def test_llm_asks_for_adapters_narrowed_to_the_question(index, monkeypatch):
+    asked = []
+    real = index.core.adapter
+
+    def recording(ids, question=None):
+        asked.append(question)
+        return real(ids, question=question)
+
+    monkeypatch.setattr(index.core, "adapter", recording)
+    llm = Doc2LoRALLM(index=index, max_new_tokens=TOKENS)
+    lighthouse = node_of(index, LIGHTHOUSE)
+    llm.chat([ChatMessage(role="user", content=QUESTION)], adapter_ids=[lighthouse])
+    text = index.core.get([lighthouse])[0].text
+    llm.complete(f"Context:\n{text}\n\nQuestion: {QUESTION}")
+    # chat: the last user turn; a prompt: what is left of it once the document is cut out
+    assert asked[0] == QUESTION and asked[1].endswith(QUESTION) and text not in asked[1]
