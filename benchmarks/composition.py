@@ -7,7 +7,8 @@ the chunk adapters (rank concatenation, as published). Each chunk adapter also c
 every chunk of that kind of text shares, so a haystack of n chunks gets that shared part n
 times. The table compares, on the same fresh needles (answer-contains):
 
-- ``sum``: the engine's adapter (rank concatenation, no scaling);
+- ``sum``: the engine's adapter (rank concatenation, no scaling), built from the same chunk
+  factors as the other rules;
 - ``mean``: the same chunks with B scaled by 1/n;
 - ``filler-centred``: the sum minus (n - 1) times the adapter of a filler-only chunk, so the
   shared part counts once (an oracle: the reference is the haystack's own kind of text);
@@ -81,7 +82,7 @@ def main() -> None:
             texts = [tokenizer.decode(c) for c in chunks]
             holder = next(i for i, text in enumerate(texts) if record.answer in text or "secret number" in text)
             adapters = {
-                "sum": engine.internalize(record.context),
+                "sum": compose(engine, factors),  # what engine.internalize returns
                 "mean": compose(engine, factors, scale=1 / len(factors)),
                 "filler-centred": compose(engine, factors, reference=references["filler-centred"]),
                 "empty-centred": compose(engine, factors, reference=references["empty-centred"]),

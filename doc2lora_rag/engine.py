@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,9 @@ class Doc2LoRA:
         self.wrapper = ChatWrapper.for_tokenizer(base.tokenizer)
         self.max_chars = max_chars
         self.token_budget = 8192  # chunk tokens per hypernetwork batch
+        # A long document's chunk texts, kept for the next question to it (``focus``): splitting
+        # means tokenising the whole document, a tenth of answering at 32K tokens.
+        self._chunk_texts = functools.lru_cache(maxsize=16)(self._split_chunk_texts)
 
     @classmethod
     def from_pretrained(
@@ -152,11 +156,14 @@ class Doc2LoRA:
         holds, while the right chunk's adapter alone answers (``benchmarks/composition.py``)."""
         if adapter.num_chunks <= max_chunks:
             return adapter
-        texts = chunk_texts(self.tokenizer, validate_text(text, max_chars=self.max_chars), self.config.chunk_size)
+        texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars))
         if len(texts) != adapter.num_chunks:
             raise ValueError(f"the text splits into {len(texts)} chunks, the adapter has {adapter.num_chunks}")
         chosen = best_chunks(question, texts, max_chunks)
         return adapter if chosen is None else adapter.select_chunks(chosen)
+
+    def _split_chunk_texts(self, text: str) -> tuple[str, ...]:
+        return tuple(chunk_texts(self.tokenizer, text, self.config.chunk_size))
 
     # ------------------------------------------------------------------ answer
 
