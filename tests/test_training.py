@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.evaluation.evaluate import general_questions
+from doc2lora_rag.evaluation.metrics import normalize_answer
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
+from doc2lora_rag.training.general import general_training_questions
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
@@ -96,6 +99,16 @@ def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert torch.equal(reopened.get(records[0]).tokens, first.tokens)
     # Other settings are other keys: nothing is reused across them.
     assert TeacherCache(tmp_path, Teacher(base, top_k=8, max_new_tokens=6)).missing(records) == records
+
+
+def test_questions_the_teacher_answers_without_their_document_share_one_entry(tmp_path: Path) -> None:
+    base = tiny_base_model()
+    cache = TeacherCache(tmp_path, Teacher(base, top_k=4, max_new_tokens=6))
+    bare = [QARecord(doc, "What is ten plus one?", teacher_sees_context=False) for doc in ("a b", "c d", "e f")]
+    read = [QARecord(doc, "What is ten plus one?") for doc in ("a b", "c d")]
+    assert cache.fill(bare + read, progress=False) == 3  # one bare question, two documents
+    assert cache.missing(bare + read) == []
+    assert torch.equal(cache.get(bare[0]).tokens, cache.get(bare[2]).tokens)
 
 
 def test_teacher_targets_with_nan_are_refused_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,6 +233,34 @@ def test_records_without_targets_are_refused_for_gold() -> None:
     base = tiny_base_model()
     with pytest.raises(ValueError, match="without answers"):
         load_sources([{"kind": "unrelated", "path": str(SQUAD), "count": 2, "target": "gold"}], base.tokenizer)
+
+
+def test_general_training_questions_stay_apart_from_the_evaluation_set() -> None:
+    questions = general_training_questions()
+    assert len(set(questions)) == len(questions) > 300
+    evaluation = general_questions()
+    asked = {normalize_answer(q) for q, _ in evaluation}
+    assert not asked & {normalize_answer(q) for q in questions}
+    answers = {normalize_answer(a) for _, golds in evaluation for a in golds if len(a) >= 4}
+    named = [(q, a) for q in questions for a in answers if f" {a} " in f" {normalize_answer(q)} "]
+    assert not named
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs the shared SQuAD file")
+def test_general_source_pairs_questions_with_training_documents_and_the_bare_teacher() -> None:
+    base = tiny_base_model()
+    spec = {"kind": "general", "path": str(SQUAD), "count": 40, "synthetic_docs": 5}
+    (source,) = load_sources([spec], base.tokenizer)
+    assert source.target == "teacher" and len(source.records) == 40
+    assert all(not r.teacher_sees_context and r.answer is None for r in source.records)
+    assert {r.question for r in source.records} <= set(general_training_questions())
+    validation = {r.context for r in squad_records(SQUAD, "validation")}
+    assert not validation & {r.context for r in source.records}
+    teacher = Teacher(base)
+    record = source.records[0]
+    assert teacher.prompt(record) == question_prompt(base.tokenizer, record.question)
+    with pytest.raises(ValueError, match="not allowed"):
+        load_sources([{"kind": "general", "path": str(SQUAD), "split": "validation"}], base.tokenizer)
 
 
 def test_qa_record_keys_distinguish_teacher_context() -> None:

@@ -14,8 +14,16 @@ from doc2lora_rag.training.data import (
     synthetic_fact_records,
     unrelated_records,
 )
+from doc2lora_rag.training.general import general_records
 
-DEFAULT_TARGET = {"squad": "teacher", "jsonl": "teacher", "synthetic": "gold", "niah": "gold", "unrelated": "teacher"}
+DEFAULT_TARGET = {
+    "squad": "teacher",
+    "jsonl": "teacher",
+    "synthetic": "gold",
+    "niah": "gold",
+    "unrelated": "teacher",
+    "general": "teacher",
+}
 
 
 @dataclass
@@ -49,6 +57,14 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
         if kind == "squad":
             return squad
         return unrelated_records(squad, int(spec.get("count", 500)), seed=seed)
+    if kind == "general":
+        # Documents: the SQuAD training paragraphs (with ``path``) and synthetic fact documents.
+        documents = [r.context for r in synthetic_fact_records(int(spec.get("synthetic_docs", 500)), seed=seed)]
+        if "path" in spec:
+            if spec.get("split", "train") != "train":
+                raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
+            documents += [r.context for r in squad_records(spec["path"], "train")]
+        return general_records(documents, int(spec.get("count", 1000)), seed=seed)
     if kind == "jsonl":
         return jsonl_records(spec["path"])
     if kind == "synthetic":

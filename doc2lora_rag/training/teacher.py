@@ -2,7 +2,7 @@
 of every response token become the student's target. Cached on disk and reused across runs.
 
 The cache is a diskcache whose values are safetensors bytes (never pickles): the key hashes
-the base model fingerprint, the record and the generation settings.
+the base model fingerprint, the generation settings and the teacher's prompt.
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ class TeacherCache:
         self.settings = json.dumps([model_fingerprint(teacher.base.model), teacher.top_k, teacher.max_new_tokens])
 
     def key(self, record: QARecord) -> str:
-        return hashlib.sha256(f"{self.settings}|{record.key}".encode()).hexdigest()
+        """Hash of exactly what the teacher sees: records whose teacher answers without their
+        document (unrelated and general questions) share one entry per question."""
+        return hashlib.sha256(f"{self.settings}|{self.teacher.prompt(record)}".encode()).hexdigest()
 
     def get(self, record: QARecord) -> Target | None:
         data = self.cache.get(self.key(record))
@@ -134,7 +136,7 @@ class TeacherCache:
     def fill(self, records: Sequence[QARecord], *, token_budget: int = 4096, progress: bool = True) -> int:
         """Compute and store the targets of every record not cached yet; returns how many.
         Each batch is committed as it finishes, so an interrupted pass resumes where it was."""
-        todo = self.missing(records)
+        todo = list({self.key(r): r for r in self.missing(records)}.values())
         prompts = [self.teacher.prompt(r) for r in todo]
         tokenizer = self.teacher.base.tokenizer
         lengths = [len(tokenizer.encode(p, add_special_tokens=False)) + self.teacher.max_new_tokens for p in prompts]
