@@ -20,7 +20,7 @@ from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
-from doc2lora_rag.training.general import general_training_questions
+from doc2lora_rag.training.general import general_records, general_training_questions
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
@@ -244,6 +244,9 @@ def test_general_training_questions_stay_apart_from_the_evaluation_set() -> None
     answers = {normalize_answer(a) for _, golds in evaluation for a in golds if len(a) >= 4}
     named = [(q, a) for q in questions for a in answers if f" {a} " in f" {normalize_answer(q)} "]
     assert not named
+    drawn = [r.question for r in general_records(["a document"], 50)]
+    assert len(set(drawn)) == 50 and set(drawn) != set(questions[:50])  # drawn from every template
+    assert len(general_records(["a document"], len(questions) + 5)) == len(questions) + 5
 
 
 @pytest.mark.skipif(not SQUAD.is_file(), reason="needs the shared SQuAD file")

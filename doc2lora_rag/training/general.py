@@ -132,6 +132,7 @@ def general_records(documents: Sequence[str], count: int, seed: int = 0) -> list
         raise ValueError("general questions need documents to pair them with")
     questions = general_training_questions()
     rng = random.Random(f"general-{seed}")
-    order = [questions[i % len(questions)] for i in range(count)]
-    rng.shuffle(order)
-    return [QARecord(rng.choice(unique), q, None, "general", teacher_sees_context=False) for q in order]
+    order: list[str] = []
+    while len(order) < count:  # shuffled passes: every question once before any repeats
+        order += rng.sample(questions, len(questions))
+    return [QARecord(rng.choice(unique), q, None, "general", teacher_sees_context=False) for q in order[:count]]
