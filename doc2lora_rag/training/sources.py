@@ -49,21 +49,15 @@ def load_sources(specs: list[dict], tokenizer: PreTrainedTokenizerBase, *, seed:
 
 
 def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[QARecord]:
-    if kind in ("squad", "unrelated"):
-        split = spec.get("split", "train")
-        if split != "train" and not spec.get("allow_validation"):
-            raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
-        squad = squad_records(spec["path"], split, spec.get("per_paragraph"))
-        if kind == "squad":
-            return squad
-        return unrelated_records(squad, int(spec.get("count", 500)), seed=seed)
+    if kind == "squad":
+        return _squad(spec)
+    if kind == "unrelated":
+        return unrelated_records(_squad(spec), int(spec.get("count", 500)), seed=seed)
     if kind == "general":
         # Documents: the SQuAD training paragraphs (with ``path``) and synthetic fact documents.
         documents = [r.context for r in synthetic_fact_records(int(spec.get("synthetic_docs", 500)), seed=seed)]
         if "path" in spec:
-            if spec.get("split", "train") != "train":
-                raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
-            documents += [r.context for r in squad_records(spec["path"], "train")]
+            documents += [r.context for r in _squad(spec)]
         return general_records(documents, int(spec.get("count", 1000)), seed=seed)
     if kind == "jsonl":
         return jsonl_records(spec["path"])
@@ -82,3 +76,11 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
             for record in needle_records(per_length, int(length), count_tokens, seed=seed)
         ]
     raise ValueError(f"unknown data source kind {kind!r}")
+
+
+def _squad(spec: dict) -> list[QARecord]:
+    """The spec's SQuAD records, refusing the validation articles unless asked explicitly."""
+    split = spec.get("split", "train")
+    if split != "train" and not spec.get("allow_validation"):
+        raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
+    return squad_records(spec["path"], split, spec.get("per_paragraph"))

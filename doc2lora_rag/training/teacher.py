@@ -124,7 +124,10 @@ class TeacherCache:
     def key(self, record: QARecord) -> str:
         """Hash of exactly what the teacher sees: records whose teacher answers without their
         document (unrelated and general questions) share one entry per question."""
-        return hashlib.sha256(f"{self.settings}|{self.teacher.prompt(record)}".encode()).hexdigest()
+        return self._prompt_key(self.teacher.prompt(record))
+
+    def _prompt_key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self.settings}|{prompt}".encode()).hexdigest()
 
     def get(self, record: QARecord) -> Target | None:
         data = self.cache.get(self.key(record))
@@ -136,11 +139,16 @@ class TeacherCache:
     def fill(self, records: Sequence[QARecord], *, token_budget: int = 4096, progress: bool = True) -> int:
         """Compute and store the targets of every record not cached yet; returns how many.
         Each batch is committed as it finishes, so an interrupted pass resumes where it was."""
-        todo = list({self.key(r): r for r in self.missing(records)}.values())
-        prompts = [self.teacher.prompt(r) for r in todo]
+        pending: dict[str, str] = {}  # key -> prompt; each prompt rendered once, duplicates dropped
+        for record in records:
+            prompt = self.teacher.prompt(record)
+            key = self._prompt_key(prompt)
+            if key not in pending and key not in self.cache:
+                pending[key] = prompt
+        keys, prompts = list(pending), list(pending.values())
         tokenizer = self.teacher.base.tokenizer
         lengths = [len(tokenizer.encode(p, add_special_tokens=False)) + self.teacher.max_new_tokens for p in prompts]
-        bar = tqdm(total=len(todo), desc="teacher", unit="rec", disable=not progress)
+        bar = tqdm(total=len(keys), desc="teacher", unit="rec", disable=not progress)
         for batch in token_budget_batches(lengths, token_budget):
             targets = self.teacher.generate([prompts[i] for i in batch])
             broken = sum(bool(t.topk_logprobs.isnan().any()) for t in targets)
@@ -150,7 +158,7 @@ class TeacherCache:
                     f"(base model dtype {self.teacher.base.dtype}; float32 avoids low-precision overflow)"
                 )
             for index, target in zip(batch, targets, strict=True):
-                self.cache.set(self.key(todo[index]), target.to_bytes())
+                self.cache.set(keys[index], target.to_bytes())
             bar.update(len(batch))
         bar.close()
-        return len(todo)
+        return len(keys)
