@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import pytest
 
 from doc2lora_rag.evaluation.evaluate import evaluate_qa
-from doc2lora_rag.evaluation.metrics import answer_contains, normalize_answer, token_f1
+from doc2lora_rag.evaluation.metrics import (
+    answer_contains,
+    edit_distance,
+    normalize_answer,
+    number_answer_kind,
+    token_f1,
+)
 from doc2lora_rag.training.data import QARecord
 
 
@@ -28,6 +34,30 @@ def test_normalize_answer() -> None:
 )
 def test_token_f1(prediction: str, gold, expected: float) -> None:
     assert token_f1(prediction, gold) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [("13776", "13776", 0), ("13776", "13767", 2), ("1291", "12991", 1), ("", "42", 2), ("kitten", "sitting", 3)],
+)
+def test_edit_distance(a: str, b: str, expected: int) -> None:
+    assert edit_distance(a, b) == expected == edit_distance(b, a)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [
+        ("The secret number is 13776.", "exact"),
+        ("13767", "reordered"),  # same digits, two swapped
+        ("It is 13770, I think", "one edit"),
+        ("137761", "one edit"),  # a digit too many: no exact match as a word
+        ("1377", "one edit"),
+        ("98765", "other"),
+        ("I do not know", "other"),
+    ],
+)
+def test_number_answer_kind(prediction: str, expected: str) -> None:
+    assert number_answer_kind(prediction, "13776") == expected
 
 
 def test_answer_contains_matches_whole_words_only() -> None:
@@ -71,9 +101,15 @@ def test_evaluate_qa_scores_each_mode_and_the_ratio() -> None:
         QARecord("doc two", "q3?", "1871"),
     ]
     script = {
-        ("no_context", "q1?"): "green", ("no_context", "q2?"): "a fish", ("no_context", "q3?"): "1900",
-        ("in_context", "q1?"): "red", ("in_context", "q2?"): "the blue whale", ("in_context", "q3?"): "1871",
-        ("adapter", "q1?"): "red", ("adapter", "q2?"): "whale", ("adapter", "q3?"): "1900",
+        ("no_context", "q1?"): "green",
+        ("no_context", "q2?"): "a fish",
+        ("no_context", "q3?"): "1900",
+        ("in_context", "q1?"): "red",
+        ("in_context", "q2?"): "the blue whale",
+        ("in_context", "q3?"): "1871",
+        ("adapter", "q1?"): "red",
+        ("adapter", "q2?"): "whale",
+        ("adapter", "q3?"): "1900",
     }
     engine = _ScriptedEngine(script)
     report = evaluate_qa(engine, records, batch_size=2, progress=False)
@@ -146,9 +182,12 @@ def test_evaluate_general_compares_unrelated_adapters_with_the_base_model() -> N
             ]
 
     script = {
-        ("no_context", "capital of France?"): "Paris.", ("adapter", "capital of France?"): "paris",
-        ("no_context", "largest planet?"): "Jupiter", ("adapter", "largest planet?"): "Saturn",
-        ("no_context", "two plus two?"): "five", ("adapter", "two plus two?"): "4",
+        ("no_context", "capital of France?"): "Paris.",
+        ("adapter", "capital of France?"): "paris",
+        ("no_context", "largest planet?"): "Jupiter",
+        ("adapter", "largest planet?"): "Saturn",
+        ("no_context", "two plus two?"): "five",
+        ("adapter", "two plus two?"): "4",
     }
     engine = _General(script)
     report = evaluate_general(engine, documents, questions, batch_size=3, progress=False)

@@ -1,4 +1,4 @@
-"""Answer metrics: SQuAD-style token F1 and answer-contains accuracy."""
+"""Answer metrics: SQuAD-style token F1, answer-contains accuracy, and the kind of a wrong number."""
 
 from __future__ import annotations
 
@@ -38,3 +38,32 @@ def answer_contains(prediction: str, gold: str | Iterable[str]) -> float:
     golds = [gold] if isinstance(gold, str) else list(gold)
     predicted = f" {normalize_answer(prediction)} "
     return float(any(f" {normalize_answer(a)} " in predicted for a in golds if normalize_answer(a)))
+
+
+NUMBER_ANSWER_KINDS = ("exact", "reordered", "one edit", "other")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def number_answer_kind(prediction: str, number: str) -> str:
+    """How ``prediction`` answers a question whose answer is ``number`` (one of
+    ``NUMBER_ANSWER_KINDS``): it contains it, or its first number has the same digits in
+    another order, or is one digit inserted, dropped or changed away, or something else. Near
+    misses mean the digits got through but not their exact sequence."""
+    if answer_contains(prediction, number):
+        return "exact"
+    found = re.search(r"\d+", prediction)
+    if found is None:
+        return "other"
+    if sorted(found.group()) == sorted(number):
+        return "reordered"
+    return "one edit" if edit_distance(found.group(), number) == 1 else "other"

@@ -1,0 +1,64 @@
+"""What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
+
+    python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...] [--threads 2]
+
+Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
+limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
+sorted into one kind, side by side for each hypernetwork given (default: the shipped one):
+
+- ``exact``: the answer contains the secret number;
+- ``reordered``: its first number has the same digits in another order;
+- ``one edit``: its first number is one digit inserted, dropped or changed away;
+- ``other``: anything else (another number, or none).
+
+Reordered and one-edit misses mean the adapter carries the number's digits but not their
+exact sequence; other misses mean the number did not get through at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
+from doc2lora_rag.training.data import needle_records
+
+SEED = 1000  # the needles of `doc2lora eval --niah`
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", default="128,256,480")
+    parser.add_argument("--count", type=int, default=30, help="needles per length")
+    parser.add_argument("--hypernet", nargs="*", default=[None], help="hypernetwork folders; default: the shipped one")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engines = {}
+    for folder in args.hypernet:
+        shared = next(iter(engines.values())).base if engines else None
+        engines[folder or "shipped"] = Doc2LoRA.from_pretrained(hypernet=folder, base_model=shared)
+    table = Table(title=f"single-chunk needle answers by kind ({args.count} needles per length)")
+    for column in ("hypernetwork", "haystack tokens", *NUMBER_ANSWER_KINDS):
+        table.add_column(column)
+    tokenizer = next(iter(engines.values())).tokenizer  # one base model for all networks
+    count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    haystacks = {int(x): needle_records(args.count, int(x), count_tokens, seed=SEED) for x in args.lengths.split(",")}
+    for name, engine in engines.items():
+        for length, records in haystacks.items():
+            counts = dict.fromkeys(NUMBER_ANSWER_KINDS, 0)
+            for record in records:
+                adapter = engine.internalize(record.context)
+                answer = engine.generate(record.question, adapters=[adapter], max_new_tokens=12)
+                counts[number_answer_kind(answer, record.answer)] += 1
+            table.add_row(name, str(length), *(f"{counts[k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS))
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    main()
