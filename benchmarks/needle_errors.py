@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="128,256,480")
     parser.add_argument("--count", type=int, default=30, help="needles per length")
-    parser.add_argument("--hypernet", nargs="*", default=[None], help="hypernetwork folders; default: the shipped one")
+    parser.add_argument("--hypernet", nargs="+", default=[None], help="hypernetwork folders; default: the shipped one")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:

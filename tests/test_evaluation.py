@@ -101,15 +101,9 @@ def test_evaluate_qa_scores_each_mode_and_the_ratio() -> None:
         QARecord("doc two", "q3?", "1871"),
     ]
     script = {
-        ("no_context", "q1?"): "green",
-        ("no_context", "q2?"): "a fish",
-        ("no_context", "q3?"): "1900",
-        ("in_context", "q1?"): "red",
-        ("in_context", "q2?"): "the blue whale",
-        ("in_context", "q3?"): "1871",
-        ("adapter", "q1?"): "red",
-        ("adapter", "q2?"): "whale",
-        ("adapter", "q3?"): "1900",
+        ("no_context", "q1?"): "green", ("no_context", "q2?"): "a fish", ("no_context", "q3?"): "1900",
+        ("in_context", "q1?"): "red", ("in_context", "q2?"): "the blue whale", ("in_context", "q3?"): "1871",
+        ("adapter", "q1?"): "red", ("adapter", "q2?"): "whale", ("adapter", "q3?"): "1900",
     }
     engine = _ScriptedEngine(script)
     report = evaluate_qa(engine, records, batch_size=2, progress=False)
@@ -182,12 +176,9 @@ def test_evaluate_general_compares_unrelated_adapters_with_the_base_model() -> N
             ]
 
     script = {
-        ("no_context", "capital of France?"): "Paris.",
-        ("adapter", "capital of France?"): "paris",
-        ("no_context", "largest planet?"): "Jupiter",
-        ("adapter", "largest planet?"): "Saturn",
-        ("no_context", "two plus two?"): "five",
-        ("adapter", "two plus two?"): "4",
+        ("no_context", "capital of France?"): "Paris.", ("adapter", "capital of France?"): "paris",
+        ("no_context", "largest planet?"): "Jupiter", ("adapter", "largest planet?"): "Saturn",
+        ("no_context", "two plus two?"): "five", ("adapter", "two plus two?"): "4",
     }
     engine = _General(script)
     report = evaluate_general(engine, documents, questions, batch_size=3, progress=False)
