@@ -289,3 +289,29 @@ def test_b_head_gain_scales_the_generated_b_only(base) -> None:
     assert torch.allclose(b_pub, b_bal / balanced.heads.b_gain, rtol=1e-4)
     loaded = HypernetConfig.from_dict({k: v for k, v in balanced.config.to_dict().items() if k != "b_head_gain"})
     assert loaded.b_head_gain is None  # configs saved before the option keep the balanced gain
+
+
+def test_position_encoding_makes_the_network_see_token_order(base) -> None:
+    """Without positions a chunk is a set: shuffling its tokens changes nothing. With them,
+    a fresh projection is exactly a no-op, and a trained one tells the orders apart."""
+    torch.manual_seed(4)
+    plain = HyperNetwork(_config(base, source_layers="all")).eval()
+    placed = HyperNetwork(_config(base, source_layers="all", position_encoding=True)).eval()
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["position.project.weight"] and not unexpected
+    with torch.no_grad():
+        for network in (plain, placed):
+            for weight in network.heads.b_weight.values():
+                weight.normal_(0, 0.1)
+        placed.heads.load_state_dict(plain.heads.state_dict())
+    activations = torch.randn(NUM_LAYERS, 1, 10, base.model.config.hidden_size)
+    shuffled = activations[:, :, torch.randperm(10)]
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    with torch.no_grad():
+        _, b_plain = plain(activations, mask)["down_proj"]
+        torch.testing.assert_close(plain(shuffled, mask)["down_proj"][1], b_plain)
+        torch.testing.assert_close(placed(activations, mask)["down_proj"][1], b_plain)
+        placed.position.project.weight.normal_(0, 0.5)
+        _, b_placed = placed(activations, mask)["down_proj"]
+        assert not torch.allclose(placed(shuffled, mask)["down_proj"][1], b_placed, atol=1e-4)
+        torch.testing.assert_close(placed.position(700)[1], placed.position(2)[1])  # same index, same vector

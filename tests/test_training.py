@@ -310,20 +310,20 @@ def test_probe_rows_land_in_the_metrics(tmp_path: Path) -> None:
     assert ["probe_gap" in r for r in rows] == [True, False, True]
 
 
-def test_init_from_another_run_keeps_its_weights_and_adds_the_pointer(tmp_path: Path) -> None:
+def test_init_from_another_run_keeps_its_weights_and_adds_the_pointer_and_positions(tmp_path: Path) -> None:
     base = tiny_base_model(max_positions=512)
     first = _config(tmp_path / "first", 3, hypernet={**TINY_NET, "pointer": False})
     Trainer(first, base=base, progress=False).train()
     saved = Trainer(first, base=base, progress=False).hypernet
-    second_config = _config(
-        tmp_path / "second", 2, init_from=str(tmp_path / "first" / "checkpoint"), hypernet={**TINY_NET, "pointer": True}
-    )
+    added = {**TINY_NET, "pointer": True, "position_encoding": True}
+    second_config = _config(tmp_path / "second", 2, init_from=str(tmp_path / "first" / "checkpoint"), hypernet=added)
     second = Trainer(second_config, base=base, progress=False)
     assert second.step == 0 and second.hypernet.pointer is not None
     state = second.hypernet.state_dict()
     for name, tensor in saved.state_dict().items():
         assert torch.equal(state[name], tensor), name
     assert all(torch.count_nonzero(g) == 0 for g in second.hypernet.pointer.gain.values())
+    assert torch.count_nonzero(second.hypernet.position.project.weight) == 0
     other = _config(tmp_path / "third", 2, init_from=str(tmp_path / "first" / "checkpoint"),
                     hypernet={**TINY_NET, "rank": 2})
     with pytest.raises(ValueError, match="does not fit"):

@@ -55,6 +55,9 @@ class HypernetConfig:
     # A training-only head that reads the answer's tokens off the latents (TrainConfig's
     # answer_weight), a direct signal for the cross-attention to find what the document says.
     answer_head: bool = False
+    # Add each token's index in its chunk to the context the latents attend to
+    # (perceiver.TokenPositions); without it the cross-attention sees the chunk as a set.
+    position_encoding: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

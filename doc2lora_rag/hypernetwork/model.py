@@ -17,7 +17,7 @@ from torch import nn
 
 from doc2lora_rag.errors import AdapterFormatError, IncompatibleModelError
 from doc2lora_rag.hypernetwork.config import HypernetConfig
-from doc2lora_rag.hypernetwork.perceiver import CrossAttentionBlock, SwiGLU
+from doc2lora_rag.hypernetwork.perceiver import CrossAttentionBlock, SwiGLU, TokenPositions
 from doc2lora_rag.hypernetwork.pointer import TokenPointer
 
 CONFIG_FILE = "hypernet_config.json"
@@ -109,6 +109,7 @@ class HyperNetwork(nn.Module):
         self.register_buffer("input_std", torch.ones(num_sources, config.base_hidden_size))
         self.source_norm = nn.Parameter(torch.ones(num_sources, config.base_hidden_size))
         self.input_projection = SwiGLU(config.base_hidden_size, 2 * width, width)
+        self.position = TokenPositions(width) if config.position_encoding else None
         self.latents = nn.Parameter(torch.randn(num_layers, config.num_latents, width) * 0.02)
         block = lambda: CrossAttentionBlock(  # noqa: E731
             width, config.num_heads, config.num_kv_heads, config.mlp_ratio
@@ -147,6 +148,8 @@ class HyperNetwork(nn.Module):
         x = (activations - self.input_mean[:, None, None, :]) / self.input_std[:, None, None, :]
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
         x = self.input_projection(x * self.source_norm[:, None, None, :])
+        if self.position is not None:
+            x = x + self.position(length)
         x = x.reshape(num_sources * num_chunks, length, config.width)
         x_mask = mask.bool().repeat(num_sources, 1)
         # Latents of the layers that share a source attend together: [S*N, G*latents, W].

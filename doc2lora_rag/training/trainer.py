@@ -179,7 +179,8 @@ class Trainer:
             missing, unexpected = network.load_state_dict(saved.state_dict(), strict=False)
         except RuntimeError as error:  # a tensor of another shape
             raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {error}") from error
-        if unexpected or any(not name.startswith("pointer.") for name in missing):
+        # Parts that start as no-ops (zero gain, zero projection) may be new in this run.
+        if unexpected or any(not name.startswith(("pointer.", "position.")) for name in missing):
             raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {missing + unexpected}")
         return network, False
 
