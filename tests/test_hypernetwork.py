@@ -10,6 +10,7 @@ import torch
 from doc2lora_rag import AdapterFormatError, HypernetConfig, HyperNetwork
 from doc2lora_rag.base_model.activations import layer_inputs
 from doc2lora_rag.base_model.layers import decoder_layers
+from doc2lora_rag.engine import DEFAULT_CHECKPOINT
 from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
 from doc2lora_rag.hypernetwork.model import CONFIG_FILE, WEIGHTS_FILE, DocumentCentering
 from doc2lora_rag.testing import tiny_base_model
@@ -315,3 +316,14 @@ def test_position_encoding_makes_the_network_see_token_order(base) -> None:
         _, b_placed = placed(activations, mask)["down_proj"]
         assert not torch.allclose(placed(shuffled, mask)["down_proj"][1], b_placed, atol=1e-4)
         torch.testing.assert_close(placed.position(700)[1], placed.position(2)[1])  # same index, same vector
+
+
+def test_new_options_at_their_default_keep_a_networks_fingerprint(base) -> None:
+    """Adapter stores are bound to a hypernetwork fingerprint: a library that gains an option
+    must not change the fingerprint of a network saved before it."""
+    plain, placed = _config(base), _config(base, position_encoding=True)
+    assert plain.identity() == {k: v for k, v in plain.to_dict().items() if k != "position_encoding"}
+    assert placed.identity()["position_encoding"] is True
+    # The shipped network's fingerprint, as recorded by stores built with it; it changes only
+    # when a new checkpoint ships.
+    assert HyperNetwork.from_pretrained(DEFAULT_CHECKPOINT).fingerprint == "3f5eac29da064d5a"

@@ -11,6 +11,9 @@ from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.layers import decoder_layers, target_linear_paths
 from doc2lora_rag.base_model.loading import BaseModel
 
+# Options added after networks were shipped, with the default that means "as before".
+OPTIONS_ADDED_LATER = {"position_encoding": False}
+
 
 @dataclass
 class HypernetConfig:
@@ -83,6 +86,12 @@ class HypernetConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """What the hypernetwork fingerprint hashes: the config without options newer than
+        shipped networks while they are at their default, so that a saved network keeps its
+        fingerprint (and the adapter stores bound to it) when the library gains an option."""
+        return {k: v for k, v in self.to_dict().items() if OPTIONS_ADDED_LATER.get(k, object()) != v}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

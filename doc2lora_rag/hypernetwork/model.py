@@ -229,7 +229,7 @@ class HyperNetwork(nn.Module):
     def fingerprint(self) -> str:
         """Hash of the weights, recorded in every adapter this network makes."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            digest = hashlib.sha256(json.dumps(self.config.identity(), sort_keys=True).encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
