@@ -29,11 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import answer_contains
 from doc2lora_rag.hypernetwork.chunking import chunk_token_ids
-from doc2lora_rag.training.data import filler_sentence, needle_records
+from doc2lora_rag.training.data import filler_sentence
 
-SEED = 1000  # the needles of `doc2lora eval --niah`
 RULES = ("sum", "mean", "filler-centred", "empty-centred", "needle chunk", "best 1", "best 3")
 
 
@@ -63,7 +63,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
     tokenizer, wrapper, size = engine.tokenizer, engine.wrapper, engine.config.chunk_size
-    filler = " ".join(filler_sentence(random.Random(SEED + 1)) for _ in range(200))
+    filler = " ".join(filler_sentence(random.Random(NIAH_SEED + 1)) for _ in range(200))
     references = {
         "filler-centred": engine._chunk_factors(chunk_token_ids(tokenizer, wrapper, filler, size)[:1])[0],
         "empty-centred": engine._chunk_factors([wrapper.wrap([])])[0],
@@ -71,11 +71,10 @@ def main() -> None:
     table = Table(title=f"needle recall by composition rule ({args.count} needles per length, chunks of {size} tokens)")
     for column in ("haystack tokens", "chunks", *RULES):
         table.add_column(column)
-    count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
     for length in (int(x) for x in args.lengths.split(",")):
         hits = dict.fromkeys(RULES, 0.0)
         chunk_count = 0
-        for record in needle_records(args.count, length, count_tokens, seed=SEED):
+        for record in niah_records(engine, args.count, length):
             chunks = chunk_token_ids(tokenizer, wrapper, record.context, size)
             factors = engine._chunk_factors(chunks)
             chunk_count = len(chunks)

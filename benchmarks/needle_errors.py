@@ -24,10 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.evaluation.evaluate import niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
-from doc2lora_rag.training.data import needle_records
-
-SEED = 1000  # the needles of `doc2lora eval --niah`
 
 
 def main() -> None:
@@ -46,9 +44,8 @@ def main() -> None:
     table = Table(title=f"single-chunk needle answers by kind ({args.count} needles per length)")
     for column in ("hypernetwork", "haystack tokens", *NUMBER_ANSWER_KINDS):
         table.add_column(column)
-    tokenizer = next(iter(engines.values())).tokenizer  # one base model for all networks
-    count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
-    haystacks = {int(x): needle_records(args.count, int(x), count_tokens, seed=SEED) for x in args.lengths.split(",")}
+    first = next(iter(engines.values()))  # one base model, so one tokenizer, for all networks
+    haystacks = {int(x): niah_records(first, args.count, int(x)) for x in args.lengths.split(",")}
     for name, engine in engines.items():
         for length, records in haystacks.items():
             counts = dict.fromkeys(NUMBER_ANSWER_KINDS, 0)

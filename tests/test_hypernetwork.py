@@ -297,14 +297,12 @@ def test_position_encoding_makes_the_network_see_token_order(base) -> None:
     a fresh projection is exactly a no-op, and a trained one tells the orders apart."""
     torch.manual_seed(4)
     plain = HyperNetwork(_config(base, source_layers="all")).eval()
+    with torch.no_grad():
+        for weight in plain.heads.b_weight.values():
+            weight.normal_(0, 0.1)
     placed = HyperNetwork(_config(base, source_layers="all", position_encoding=True)).eval()
     missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["position.project.weight"] and not unexpected
-    with torch.no_grad():
-        for network in (plain, placed):
-            for weight in network.heads.b_weight.values():
-                weight.normal_(0, 0.1)
-        placed.heads.load_state_dict(plain.heads.state_dict())
     activations = torch.randn(NUM_LAYERS, 1, 10, base.model.config.hidden_size)
     shuffled = activations[:, :, torch.randperm(10)]
     mask = torch.ones(1, 10, dtype=torch.bool)

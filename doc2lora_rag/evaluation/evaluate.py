@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -234,12 +234,20 @@ def evaluate_general(
     return report
 
 
+NIAH_SEED = 1000  # the needles `doc2lora eval --niah` asks about; the needle benchmarks reuse them
+
+
+def niah_records(engine, count: int, length: int, seed: int = NIAH_SEED) -> list[QARecord]:
+    """``count`` needle haystacks of ``length`` tokens, counted by the engine's tokenizer."""
+    return needle_records(count, length, lambda text: len(engine.tokenizer.encode(text)), seed=seed)
+
+
 def evaluate_niah(
     engine,
     lengths: Sequence[int],
     *,
     count: int = 10,
-    seed: int = 1000,
+    seed: int = NIAH_SEED,
     in_context_max_tokens: int | None = None,
     max_chunks: int | None = None,
     progress: bool = True,
@@ -250,10 +258,9 @@ def evaluate_niah(
     best (``focused``), as the index answers from a long document."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = min(window, in_context_max_tokens or window)
-    count_tokens: Callable[[str], int] = lambda text: len(engine.tokenizer.encode(text))  # noqa: E731
     results: dict[int, dict[str, float | None]] = {}
     for length in lengths:
-        records = needle_records(count, length, count_tokens, seed=seed)
+        records = niah_records(engine, count, length, seed=seed)
         adapter_hits, context_hits, focused_hits = [], [], []
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
             adapter = engine.internalize(record.context)
