@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag import Doc2LoRA
+from doc2lora_rag.base_model.activations import reading_precision
 from doc2lora_rag.base_model.loading import BaseModel, load_base_model
 from doc2lora_rag.engine import DEFAULT_CHECKPOINT
 from doc2lora_rag.hypernetwork.chunking import chunk_token_ids, pad_right, token_budget_batches
@@ -95,18 +96,21 @@ def chunk_batches(engine: Doc2LoRA, text: str) -> list[tuple[torch.Tensor, torch
 
 @torch.inference_mode()
 def chunked_forward(engine: Doc2LoRA, text: str) -> None:
-    """A plain forward pass, logits included, over the chunks ``internalize`` would read.
+    """A plain forward pass, logits included, over the chunks ``internalize`` would read, in
+    the precision it reads them in.
 
     Chunking and tokenising happen inside, as they do inside ``internalize``.
     """
-    for ids, mask in chunk_batches(engine, text):
-        engine.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.sum().item()
+    with reading_precision(engine.model, engine.reading_dtype):
+        for ids, mask in chunk_batches(engine, text):
+            engine.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.sum().item()
 
 
 @torch.inference_mode()
 def single_forward(engine: Doc2LoRA, ids: torch.Tensor) -> None:
     """One forward pass, logits included, over the whole document at once."""
-    engine.model(input_ids=ids, use_cache=False).logits.sum().item()
+    with reading_precision(engine.model, engine.reading_dtype):
+        engine.model(input_ids=ids, use_cache=False).logits.sum().item()
 
 
 def kv_cache_bytes(engine: Doc2LoRA, tokens: int) -> int:
@@ -317,8 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     base, engines, origin = build_engines(args.source_layers)
     rows = measure(engines, args.sizes, args.repeats, console)
     load_after = os.getloadavg()
-    title = f"Ingest cost on {base.name} ({base.device}, {str(base.dtype).removeprefix('torch.')})"
     first = next(iter(engines.values()))
+    precision = str(base.dtype).removeprefix("torch.")
+    reading = str(first.reading_dtype).removeprefix("torch.")
+    title = f"Ingest cost on {base.name} ({base.device}, {precision} weights, read in {reading})"
     caption = "\n".join(
         [
             f"hypernetwork: {origin}; chunk size {first.config.chunk_size} tokens, "
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
             f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}; run-to-run spread "
             f"(max-min)/median up to {max(row.spread for row in rows):.0%}",
             "fwd chunked: base model with logits over the same chat-wrapped chunks and batches "
-            "as ingest (ingest/fwd is the fair ratio); fwd 1-pass: the raw document at once, "
+            "as ingest, in its precision (ingest/fwd is the fair ratio); fwd 1-pass: the raw document at once, "
             f"where it fits {first.model.config.max_position_embeddings} positions",
             "KV cache: 2 x layers x kv_heads x head_dim x tokens x 2 bytes",
             *verdict(rows),

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
-from doc2lora_rag.base_model.activations import layer_inputs
+from doc2lora_rag.base_model.activations import layer_inputs, reading_dtype
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import DEFAULT_MODEL_NAME, BaseModel, load_base_model
 from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
@@ -45,6 +45,7 @@ class Doc2LoRA:
         self.wrapper = ChatWrapper.for_tokenizer(base.tokenizer)
         self.max_chars = max_chars
         self.token_budget = 8192  # chunk tokens per hypernetwork batch
+        self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting
         # means tokenising the whole document, a tenth of answering at 32K tokens.
         self._chunk_texts = functools.lru_cache(maxsize=16)(self._split_chunk_texts)
@@ -129,7 +130,7 @@ class Doc2LoRA:
         for batch in token_budget_batches([len(c) for c in chunks], self.token_budget):
             ids, mask = pad_right([chunks[i] for i in batch], pad_id)
             ids, mask = ids.to(self.base.device), mask.to(self.base.device)
-            activations = layer_inputs(self.model, ids, mask, self.config.source_layers)
+            activations = layer_inputs(self.model, ids, mask, self.config.source_layers, self.reading_dtype)
             embeddings = self.model.get_input_embeddings()(ids) if self.config.pointer else None
             factors = self.hypernet(activations, mask, embeddings)
             for row, index in enumerate(batch):

@@ -280,6 +280,23 @@ def test_bf16_engine_matches_fp32_up_to_precision() -> None:
             assert error < 0.05, (name, float(error))
 
 
+def test_internalize_reads_in_the_engines_reading_dtype() -> None:
+    """An fp32 engine that reads in bf16 writes adapters that differ from fp32 reading by
+    rounding only; the factors stay fp32."""
+    engine = make_tiny_engine(seed=5, source_layers="all")
+    text = "The ferry Heron's Wake carries sixty cars across the strait every morning."
+    adapters = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        engine.reading_dtype = dtype
+        adapters[dtype] = engine.internalize(text)
+    exact, fast = adapters[torch.float32], adapters[torch.bfloat16]
+    assert fast.dtype == torch.float32
+    for name in exact.factors:
+        for full, read16 in zip(exact.factors[name], fast.factors[name], strict=True):
+            error = (full - read16).norm() / full.norm()
+            assert 0 < error < 0.05, (name, float(error))
+
+
 def test_threads_with_different_adapters_get_their_own_answers() -> None:
     """Hooks live on the shared model: concurrent calls must not see each other's adapters."""
     from concurrent.futures import ThreadPoolExecutor

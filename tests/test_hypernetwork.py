@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from doc2lora_rag import AdapterFormatError, HypernetConfig, HyperNetwork
-from doc2lora_rag.base_model.activations import layer_inputs
+from doc2lora_rag.base_model import activations
+from doc2lora_rag.base_model.activations import READING_DTYPE_ENV, layer_inputs, reading_dtype
 from doc2lora_rag.base_model.layers import decoder_layers
 from doc2lora_rag.engine import DEFAULT_CHECKPOINT
 from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
@@ -192,6 +193,46 @@ def test_layer_inputs_match_hidden_states_and_stop_early(base) -> None:
     both = layer_inputs(model, ids, mask, [2, 0])
     torch.testing.assert_close(both[0], reference[2])
     torch.testing.assert_close(both[1], reference[0])
+
+
+def test_bf16_reading_stays_close_to_fp32_and_keeps_the_residual_in_fp32(base) -> None:
+    """Reading in bf16 (autocast) changes the layer inputs by rounding only: the residual
+    stream is still added up in fp32, so the error stays near bf16's own precision."""
+    ids = torch.randint(3, 200, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    exact = layer_inputs(base.model, ids, mask, [1, 3])
+    fast = layer_inputs(base.model, ids, mask, [1, 3], torch.bfloat16)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)
+    relative = (fast - exact).norm() / exact.norm()
+    assert relative < 0.03, relative
+    assert torch.equal(layer_inputs(base.model, ids, mask, [1, 3], torch.float32), exact)
+
+
+def test_a_16_bit_model_is_not_read_in_another_precision() -> None:
+    model = tiny_base_model(seed=0).model.to(torch.bfloat16)
+    ids = torch.randint(3, 200, (1, 5))
+    with pytest.raises(ValueError, match="only fp32 weights"):
+        layer_inputs(model, ids, torch.ones_like(ids, dtype=torch.bool), [1], torch.float16)
+    assert reading_dtype(model) == torch.bfloat16
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_reading_dtype_follows_the_cpu(base, monkeypatch, native: bool, expected: torch.dtype) -> None:
+    monkeypatch.delenv(READING_DTYPE_ENV, raising=False)
+    monkeypatch.setattr(activations, "cpu_has_native_bf16", lambda: native)
+    assert reading_dtype(base.model) == expected
+
+
+def test_reading_dtype_can_be_set_by_environment(base, monkeypatch) -> None:
+    monkeypatch.setattr(activations, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(READING_DTYPE_ENV, "float32")
+    assert reading_dtype(base.model) == torch.float32
+    monkeypatch.setattr(activations, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv(READING_DTYPE_ENV, "bfloat16")
+    assert reading_dtype(base.model) == torch.bfloat16
+    monkeypatch.setenv(READING_DTYPE_ENV, "fp8")
+    with pytest.raises(ValueError, match=READING_DTYPE_ENV):
+        reading_dtype(base.model)
 
 
 def test_token_budget_batches_respect_budget() -> None:

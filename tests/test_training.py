@@ -51,8 +51,9 @@ def _losses(out: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in rows}
 
 
-def test_a_few_dozen_steps_lower_the_loss(tmp_path: Path) -> None:
-    config = _config(tmp_path, 40, data=[{"kind": "synthetic", "count": 1}])
+@pytest.mark.parametrize("step_dtype", [None, "bfloat16"])
+def test_a_few_dozen_steps_lower_the_loss(tmp_path: Path, step_dtype: str | None) -> None:
+    config = _config(tmp_path, 40, data=[{"kind": "synthetic", "count": 1}], step_dtype=step_dtype)
     trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
     trainer.train()
     losses = _losses(tmp_path)
@@ -73,6 +74,19 @@ def test_resumed_run_continues_the_same_trajectory(tmp_path: Path) -> None:
     a, b = _losses(straight), _losses(resumed)
     for step in range(6, 11):
         assert math.isclose(a[step], b[step], rel_tol=1e-4), (step, a[step], b[step])
+
+
+def test_bf16_steps_compute_the_same_loss_up_to_rounding(tmp_path: Path) -> None:
+    """``step_dtype`` changes the precision of the steps' matrix products, nothing else: the
+    first losses match the fp32 run's closely but not exactly."""
+    runs = {}
+    for step_dtype in (None, "bfloat16"):
+        out = tmp_path / str(step_dtype)
+        Trainer(_config(out, 3, step_dtype=step_dtype), base=tiny_base_model(max_positions=512), progress=False).train()
+        runs[step_dtype] = _losses(out)
+    for step in (1, 2, 3):
+        exact, fast = runs[None][step], runs["bfloat16"][step]
+        assert exact != fast and math.isclose(exact, fast, rel_tol=0.05), (step, exact, fast)
 
 
 def test_time_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:
