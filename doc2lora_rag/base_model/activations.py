@@ -67,12 +67,12 @@ READING_DTYPE_ENV = "DOC2LORA_READING_DTYPE"
 
 def reading_precision(model: PreTrainedModel, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast to ``dtype`` where it differs from the model's (fp32) weights; else nothing."""
-    model_dtype = next(model.parameters()).dtype
-    if dtype is None or dtype == model_dtype:
+    weight = next(model.parameters())
+    if dtype is None or dtype == weight.dtype:
         return contextlib.nullcontext()
-    if model_dtype != torch.float32 or dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"cannot read a {model_dtype} model in {dtype}: only fp32 weights read in 16 bits")
-    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+    if weight.dtype != torch.float32 or dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"cannot read a {weight.dtype} model in {dtype}: only fp32 weights read in 16 bits")
+    return torch.autocast(weight.device.type, dtype=dtype)
 
 
 def reading_dtype(model: PreTrainedModel) -> torch.dtype:
@@ -81,16 +81,15 @@ def reading_dtype(model: PreTrainedModel) -> torch.dtype:
     the model's own dtype: emulated bf16 is slower than fp32, and 16-bit weights are read as
     they are. ``DOC2LORA_READING_DTYPE`` (``float32``, ``bfloat16`` or ``auto``) overrides
     the choice for fp32 models."""
-    model_dtype = next(model.parameters()).dtype
-    if model_dtype != torch.float32:
-        return model_dtype
+    weight = next(model.parameters())
+    if weight.dtype != torch.float32:
+        return weight.dtype
     choice = os.environ.get(READING_DTYPE_ENV, "auto").strip().lower()
     if choice in ("float32", "bfloat16"):
         return getattr(torch, choice)
     if choice != "auto":
         raise ValueError(f"{READING_DTYPE_ENV} must be float32, bfloat16 or auto, not {choice!r}")
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return torch.bfloat16 if on_cpu and cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if weight.device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
 def cpu_has_native_bf16() -> bool:
