@@ -24,7 +24,7 @@ from doc2lora_rag.training.general import general_records, general_training_ques
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
-from doc2lora_rag.training.trainer import TrainConfig, Trainer, adapter_spread, learning_rate
+from doc2lora_rag.training.trainer import TrainConfig, Trainer, adapter_spread, learning_rate, step_autocast_dtype
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 TINY_NET = {"width": 32, "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "head_width": 16, "chunk_size": 64}
@@ -87,6 +87,24 @@ def test_bf16_steps_compute_the_same_loss_up_to_rounding(tmp_path: Path) -> None
     for step in (1, 2, 3):
         exact, fast = runs[None][step], runs["bfloat16"][step]
         assert exact != fast and math.isclose(exact, fast, rel_tol=0.05), (step, exact, fast)
+
+
+def test_step_dtype_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from doc2lora_rag.training import trainer as trainer_module
+
+    cpu = torch.device("cpu")
+    assert step_autocast_dtype(None, cpu) is None
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
+    assert step_autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    assert step_autocast_dtype("auto", cpu) is None
+    # asked for by name, bf16 is used, with a warning where it is emulated
+    with pytest.warns(UserWarning, match="emulated"):
+        assert step_autocast_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="step_dtype"):
+        step_autocast_dtype("int8", cpu)
+    with pytest.raises(ValueError, match="step_dtype"):
+        step_autocast_dtype("bf16", cpu)
 
 
 def test_time_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from doc2lora_rag.adapters.runtime import attached
-from doc2lora_rag.base_model.activations import layer_inputs, reading_dtype
+from doc2lora_rag.base_model.activations import cpu_has_native_bf16, layer_inputs, reading_dtype
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import BaseModel, load_base_model
 from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
@@ -77,6 +78,7 @@ class TrainConfig:
     # "bfloat16": training steps run their matrix products in bf16 (autocast), the weights and
     # the optimizer staying fp32; about twice as fast on a CPU with native bf16. The probe
     # stays in the model's dtype, so its numbers compare across runs. None: no autocast.
+    # "auto": bf16 where the hardware has it natively (see ``step_autocast_dtype``), else none.
     step_dtype: str | None = None
     activation_cache_items: int = 20000
     # False: start at once and skip records whose teacher targets are not cached yet (a
@@ -121,6 +123,31 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def step_autocast_dtype(choice: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training steps for ``TrainConfig.step_dtype`` (None: no autocast).
+
+    "auto" picks bf16 where it is native: a CUDA GPU that supports it, a CPU with AVX512-BF16
+    or AMX. A CPU without them emulates bf16 matrix products, which made a training step about
+    12 times slower than fp32 on a 2-core AVX2 machine (docs/training.md), so asking for bf16
+    there warns."""
+    if choice is None:
+        return None
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+    dtype = getattr(torch, choice, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"step_dtype must be a floating-point dtype name or 'auto', not {choice!r}")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "step_dtype 'bfloat16' on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and "
+            "many times slower than fp32; use 'auto' to take bf16 only where it is native",
+            stacklevel=2,
+        )
+    return dtype
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, base: BaseModel | None = None, *, progress: bool = True):
         self.config, self.progress = config, progress
@@ -139,6 +166,7 @@ class Trainer:
         )
         self.device = self.base.device
         self.reading_dtype = reading_dtype(self.base.model)
+        self.step_dtype = step_autocast_dtype(config.step_dtype, self.device)
         self.wrapper = ChatWrapper.for_tokenizer(self.base.tokenizer)
         self.sources = load_sources(config.data, self.base.tokenizer, seed=config.seed)
         self.teacher = TeacherCache(
@@ -498,9 +526,9 @@ class Trainer:
         return self.out / "checkpoint"
 
     def _step_precision(self) -> contextlib.AbstractContextManager:
-        if self.config.step_dtype is None:
+        if self.step_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.config.step_dtype))
+        return torch.autocast(self.device.type, dtype=self.step_dtype)
 
     def _write_config(self) -> None:
         (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
