@@ -58,7 +58,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     assert set(scores) == {"no_context", "in_context", "adapter", "unrelated_adapter"}
     assert all(0.0 <= s["f1"] <= 1.0 and 0.0 <= s["contains"] <= 1.0 for s in scores.values())
     assert set(data["niah"]) == {"64"}
-    assert set(data["niah"]["64"]) == {"adapter", "focused", "in_context"}
+    assert set(data["niah"]["64"]) == {"adapter", "focused", "in_context", "per_needle"}
     general = data["general"]
     assert set(general["scores"]) == {"no_context", "unrelated_adapter", "routed"}
     assert 0.0 <= general["attached"] <= 1.0
@@ -67,6 +67,12 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     text = report.read_text()
     assert "synthetic-heldout" in text and "Needle in a haystack" in text and "General questions" in text
     assert "adapter, best chunks" in text
+    assert " ± " in text  # scores carry their standard error over the questions
+    assert data["qa"]["synthetic-heldout"]["per_question"]["adapter"]["f1"]
+    # an evaluation compared with itself differs by nothing
+    same = runner.invoke(app, ["compare", str(numbers), str(numbers), "--metric", "f1"], env={"COLUMNS": "200"})
+    assert same.exit_code == 0, same.output
+    assert "+0.000 ± 0.000" in same.output and "*" not in same.output
     assert (tmp_path / "results-qa.png").is_file() and (tmp_path / "results-niah.png").is_file()
 
 

@@ -114,6 +114,10 @@ def test_evaluate_qa_scores_each_mode_and_the_ratio() -> None:
     assert report.scores["adapter"]["contains"] == pytest.approx(1 / 3)
     # adapter F1: 1.0 (red) + 2/3 (whale vs blue whale) + 0 = 5/3 over 3 questions
     assert report.scores["adapter"]["f1"] == pytest.approx(5 / 9)
+    # every question's score is kept, in question order, for paired comparisons
+    assert report.questions == ["q1?", "q2?", "q3?"]
+    assert report.per_question["adapter"]["f1"] == pytest.approx([1.0, 2 / 3, 0.0])
+    assert report.to_dict()["per_question"]["in_context"]["contains"] == [1.0, 1.0, 1.0]
     assert report.ratio("contains") == pytest.approx(1 / 3)
     assert report.to_dict()["ratios"]["f1"] == pytest.approx((5 / 9) / report.scores["in_context"]["f1"])
 

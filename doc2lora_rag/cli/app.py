@@ -19,6 +19,7 @@ def main() -> None:
 
 # Command modules register themselves on import.
 from doc2lora_rag.cli import ask as _ask  # noqa: E402,F401
+from doc2lora_rag.cli import compare as _compare  # noqa: E402,F401
 from doc2lora_rag.cli import evaluate as _evaluate  # noqa: E402,F401
 from doc2lora_rag.cli import ingest as _ingest  # noqa: E402,F401
 from doc2lora_rag.cli import manage as _manage  # noqa: E402,F401

@@ -152,9 +152,8 @@ def _print_qa(name: str, report) -> None:
         table.add_row(
             mode, f"{scores['f1']:.3f}", f"{scores['contains']:.3f}", nll, "" if seconds is None else f"{seconds:.2f}"
         )
-    for metric in ("f1", "contains"):
-        ratio = report.ratio(metric)
-        table.add_row(f"adapter / in-context ({metric})", "", "" if ratio is None else f"{ratio:.3f}", "", "")
+    ratios = [report.ratio(metric) for metric in ("f1", "contains")]
+    table.add_row("adapter / in-context", *("" if r is None else f"{r:.3f}" for r in ratios), "", "")
     console.print(table)
 
 

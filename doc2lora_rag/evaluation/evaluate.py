@@ -28,13 +28,17 @@ GENERAL_QUESTIONS = Path(__file__).with_name("general_questions.json")
 
 @dataclass
 class QAReport:
-    """Mean scores per mode, update times, and a few examples to read."""
+    """Mean scores per mode, update times, and a few examples to read; ``per_question`` keeps
+    every question's score (mode -> metric -> list, in ``questions`` order) so that two
+    evaluations on the same questions can be compared pair by pair."""
 
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_per_document: dict[str, float] = field(default_factory=dict)
     num_questions: int = 0
     num_documents: int = 0
     examples: list[dict] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    per_question: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def ratio(self, metric: str, mode: str = "adapter") -> float | None:
         reference = self.scores.get("in_context", {}).get(metric)
@@ -49,6 +53,8 @@ class QAReport:
             "num_questions": self.num_questions,
             "num_documents": self.num_documents,
             "examples": self.examples,
+            "questions": self.questions,
+            "per_question": self.per_question,
         }
 
 
@@ -72,7 +78,9 @@ def evaluate_qa(
     by_context: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(records):
         by_context[record.context].append(index)
-    report = QAReport(num_questions=len(records), num_documents=len(by_context))
+    report = QAReport(
+        num_questions=len(records), num_documents=len(by_context), questions=[r.question for r in records]
+    )
     answers: dict[str, list[str]] = {}
     made: dict[str, dict] = {}
     for mode in modes:
@@ -88,21 +96,17 @@ def evaluate_qa(
             contexts = list(by_context)
             adapters = {c: own[contexts[(i + 1) % len(contexts)]] for i, c in enumerate(contexts)}
         answers[mode] = _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress)
-        report.scores[mode] = {
-            "f1": _mean(token_f1(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
-            "contains": _mean(answer_contains(a, r.answer) for a, r in zip(answers[mode], records, strict=True)),
-        }
+        report.per_question[mode] = _answer_scores(answers[mode], [r.answer for r in records])
         if likelihood:
-            report.scores[mode]["nll"] = _mean(
-                answer_nll(
-                    engine,
-                    [r.question for r in records],
-                    [r.answer for r in records],
-                    contexts=[r.context for r in records] if mode == "in_context" else None,
-                    adapters=None if adapters is None else [adapters[r.context] for r in records],
-                    batch_size=batch_size,
-                )
+            report.per_question[mode]["nll"] = answer_nll(
+                engine,
+                [r.question for r in records],
+                [r.answer for r in records],
+                contexts=[r.context for r in records] if mode == "in_context" else None,
+                adapters=None if adapters is None else [adapters[r.context] for r in records],
+                batch_size=batch_size,
             )
+        report.scores[mode] = {metric: _mean(values) for metric, values in report.per_question[mode].items()}
     for index in range(min(5, len(records))):
         report.examples.append(
             {
@@ -112,6 +116,12 @@ def evaluate_qa(
             }
         )
     return report
+
+
+def _answer_scores(answers: Sequence[str], golds: Sequence) -> dict[str, list[float]]:
+    """Token F1 and answer-contains of every answer against its gold answer(s)."""
+    pairs = list(zip(answers, golds, strict=True))
+    return {"f1": [token_f1(a, g) for a, g in pairs], "contains": [answer_contains(a, g) for a, g in pairs]}
 
 
 def _adapters_for(engine, records, by_context, mode, cd_steps, progress) -> tuple[dict, float]:
@@ -170,6 +180,8 @@ class GeneralReport:
     num_questions: int = 0
     num_documents: int = 0
     examples: list[dict] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    per_question: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,14 +222,14 @@ def evaluate_general(
             done = [c.text if a is not None else base for c, a, base in zip(with_adapters, chosen, done, strict=True)]
         routed_answers += done
     golds = [answers for _, answers in questions]
-    report = GeneralReport(num_questions=len(questions), num_documents=len(documents))
+    report = GeneralReport(
+        num_questions=len(questions), num_documents=len(documents), questions=[q for q, _ in questions]
+    )
     report.attached = _mean(float(a is not None) for a in routed)
     modes = (("no_context", base_answers), ("unrelated_adapter", adapter_answers), ("routed", routed_answers))
     for mode, answers in modes:
-        report.scores[mode] = {
-            "f1": _mean(token_f1(a, g) for a, g in zip(answers, golds, strict=True)),
-            "contains": _mean(answer_contains(a, g) for a, g in zip(answers, golds, strict=True)),
-        }
+        report.per_question[mode] = _answer_scores(answers, golds)
+        report.scores[mode] = {metric: _mean(values) for metric, values in report.per_question[mode].items()}
     pairs = list(zip(adapter_answers, base_answers, strict=True))
     report.agreement = _mean(token_f1(a, b) for a, b in pairs)
     report.unchanged = _mean(float(normalize_answer(a) == normalize_answer(b)) for a, b in pairs)
@@ -251,14 +263,15 @@ def evaluate_niah(
     in_context_max_tokens: int | None = None,
     max_chunks: int | None = None,
     progress: bool = True,
-) -> dict[int, dict[str, float | None]]:
+) -> dict[int, dict]:
     """Needle retrieval accuracy by haystack length, from the adapter and (where the document
     fits in the window and under ``in_context_max_tokens``) with the document in context.
     With ``max_chunks``, also from the adapter cut down to the chunks that match the question
-    best (``focused``), as the index answers from a long document."""
+    best (``focused``), as the index answers from a long document. ``per_needle`` keeps each
+    needle's hit per mode, for paired comparisons."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = min(window, in_context_max_tokens or window)
-    results: dict[int, dict[str, float | None]] = {}
+    results: dict[int, dict] = {}
     for length in lengths:
         records = niah_records(engine, count, length, seed=seed)
         adapter_hits, context_hits, focused_hits = [], [], []
@@ -274,12 +287,14 @@ def evaluate_niah(
             if length + 64 <= limit:
                 answer = engine.generate(record.question, context=record.context, max_new_tokens=16)
                 context_hits.append(answer_contains(answer, record.answer))
+        per_needle = {"adapter": adapter_hits, "focused": focused_hits, "in_context": context_hits}
         results[length] = {
             "adapter": _mean(adapter_hits),
             "in_context": _mean(context_hits) if context_hits else None,
         }
         if max_chunks is not None:
             results[length]["focused"] = _mean(focused_hits)
+        results[length]["per_needle"] = {mode: hits for mode, hits in per_needle.items() if hits}
     return results
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from doc2lora_rag.evaluation.compare import standard_error
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -28,6 +30,8 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         "included). It depends on answer form as much as on knowledge (a model that answers in full",
         "sentences finds a bare span unlikely), so read it across modes that answer in the same form:",
         "adapter against unrelated_adapter shows how much of its own document an adapter carries.",
+        "F1 and answer-contains carry ± one standard error over the questions; `doc2lora compare`",
+        "tells whether two evaluations on the same questions differ by more than that noise.",
         "",
     ]
     for name, report in results.get("qa", {}).items():
@@ -41,7 +45,8 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
             seconds = report["seconds_per_document"].get(mode)
             shown = "" if seconds is None else f"{seconds:.3f}"
             nll = f"{scores['nll']:.3f}" if "nll" in scores else ""
-            lines.append(f"| {mode} | {scores['f1']:.3f} | {scores['contains']:.3f} | {nll} | {shown} |")
+            cells = _score_cells(scores, report.get("per_question", {}).get(mode, {}))
+            lines.append(f"| {mode} | {cells} | {nll} | {shown} |")
         ratios = report["ratios"]
         lines += [
             "",
@@ -112,7 +117,7 @@ def _general_section(general: dict) -> list[str]:
         "|---|---|---|",
     ]
     for mode, scores in general["scores"].items():
-        lines.append(f"| {mode} | {scores['f1']:.3f} | {scores['contains']:.3f} |")
+        lines.append(f"| {mode} | {_score_cells(scores, general.get('per_question', {}).get(mode, {}))} |")
     lines += [
         "",
         f"Forced adapter answers against the base model's own: token F1 {general['agreement']:.3f}, "
@@ -128,6 +133,17 @@ def _general_section(general: dict) -> list[str]:
             lines.append(f"  - unrelated_adapter: {example['unrelated_adapter']!r}")
         lines.append("")
     return lines
+
+
+def _score_cells(scores: dict[str, float], each: dict[str, list[float]]) -> str:
+    """The F1 and answer-contains cells: ``mean +- standard error`` where the per-question
+    scores are there (files of older versions keep only the means)."""
+    cells = []
+    for metric in ("f1", "contains"):
+        values = each.get(metric) or []
+        error = f" ± {standard_error(values):.3f}" if len(values) > 1 else ""
+        cells.append(f"{scores[metric]:.3f}{error}")
+    return " | ".join(cells)
 
 
 def _fmt(value: float | None) -> str:

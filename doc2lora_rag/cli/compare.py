@@ -1,0 +1,51 @@
+"""``doc2lora compare``: is the difference between two evaluations more than noise?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from doc2lora_rag.cli.app import app
+from doc2lora_rag.cli.errors import EXIT_USAGE, fail
+
+console = Console()
+
+
+@app.command("compare")
+def compare(
+    before: Annotated[Path, typer.Argument(help="JSON written by doc2lora eval --json-out")],
+    after: Annotated[Path, typer.Argument(help="JSON of a second evaluation on the same questions")],
+    metric: Annotated[
+        list[str] | None, typer.Option(help="only these metrics (f1, contains, nll); default: all")
+    ] = None,
+) -> None:
+    """Per-question paired differences of two evaluations, with 95% intervals; a * marks an
+    interval that excludes zero."""
+    from doc2lora_rag.evaluation.compare import compare_results
+
+    try:
+        differences = compare_results(_read(before), _read(after))
+    except ValueError as error:
+        raise fail(str(error), EXIT_USAGE) from error
+    table = Table(title=f"{before.name} -> {after.name}: after - before, 95% interval over questions")
+    for column in ("section", "mode", "metric", "n", "before", "after", "difference"):
+        table.add_column(column)
+    for d in differences:
+        if metric and d.metric not in metric:
+            continue
+        mark = " *" if d.significant else ""
+        change = f"{d.delta:+.3f} ± {d.half_width:.3f}{mark}"
+        table.add_row(d.section, d.mode, d.metric, str(d.count), f"{d.before:.3f}", f"{d.after:.3f}", change)
+    console.print(table)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise fail(f"cannot read {path} as an evaluation's JSON: {error}", EXIT_USAGE) from error

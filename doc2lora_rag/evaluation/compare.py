@@ -1,0 +1,108 @@
+"""Paired comparison of two ``doc2lora eval --json-out`` files.
+
+On 40 questions a mean F1 moves by a few hundredths between two networks from the luck of the
+draw alone. Scoring both networks on the same questions and looking at each question's
+difference tells a change from that noise: the interval below is the normal approximation of
+the mean paired difference, which is what a shipping decision needs to read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import fmean
+
+Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One score of one mode in one section, before and after, with the 95% interval of the
+    mean per-question difference (``after - before`` +- ``half_width``)."""
+
+    section: str
+    mode: str
+    metric: str
+    before: float
+    after: float
+    half_width: float
+    count: int
+
+    @property
+    def delta(self) -> float:
+        return self.after - self.before
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes zero."""
+        return abs(self.delta) > self.half_width
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of ``values`` (infinite for fewer than two: one value says
+    nothing about the spread)."""
+    if len(values) < 2:
+        return math.inf
+    mean = fmean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def paired_half_width(before: Sequence[float], after: Sequence[float]) -> float:
+    """Half-width of the 95% interval of the mean of ``after[i] - before[i]``."""
+    if len(before) != len(after):
+        raise ValueError(f"paired scores need equal lengths, got {len(before)} and {len(after)}")
+    return Z_95 * standard_error([a - b for a, b in zip(after, before, strict=True)])
+
+
+def compare_results(before: dict, after: dict) -> list[Difference]:
+    """Every score that both evaluations kept per question, section by section, for the
+    sections they share. Raises ``ValueError`` when they share none, or when a shared section
+    asked different questions (another ``--limit`` or data file)."""
+    old, new = _sections(before), _sections(after)
+    shared = [name for name in old if name in new]
+    if not shared:
+        raise ValueError(
+            "the two evaluations share no section with per-question scores "
+            "(files written by older versions of doc2lora eval keep only means)"
+        )
+    differences: list[Difference] = []
+    for section in shared:
+        (old_keys, old_scores), (new_keys, new_scores) = old[section], new[section]
+        if old_keys != new_keys:
+            raise ValueError(f"{section}: the two evaluations asked different questions")
+        for mode, metrics in old_scores.items():
+            for metric, values in metrics.items():
+                other = new_scores.get(mode, {}).get(metric)
+                if other is None:
+                    continue
+                differences.append(
+                    Difference(
+                        section=section,
+                        mode=mode,
+                        metric=metric,
+                        before=fmean(values),
+                        after=fmean(other),
+                        half_width=paired_half_width(values, other),
+                        count=len(values),
+                    )
+                )
+    return differences
+
+
+def _sections(results: dict) -> dict[str, tuple[list, dict[str, dict[str, list[float]]]]]:
+    """Section name -> (what identifies its questions, mode -> metric -> per-question scores)."""
+    sections: dict[str, tuple[list, dict[str, dict[str, list[float]]]]] = {}
+    for name, report in results.get("qa", {}).items():
+        if report.get("per_question"):
+            sections[name] = (report["questions"], report["per_question"])
+    general = results.get("general") or {}
+    if general.get("per_question"):
+        sections["general questions"] = (general["questions"], general["per_question"])
+    for length, row in (results.get("niah") or {}).items():
+        if row.get("per_needle"):
+            # Needles are drawn from a fixed seed, so the same length and count are the same needles.
+            hits = row["per_needle"]
+            count = [len(hits.get("adapter", []))]
+            sections[f"needles at {length} tokens"] = (count, {mode: {"contains": v} for mode, v in hits.items()})
+    return sections

@@ -1,0 +1,81 @@
+"""Paired comparison of two evaluations (``doc2lora compare``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from doc2lora_rag.cli import app
+from doc2lora_rag.evaluation.compare import Z_95, compare_results, paired_half_width
+
+
+def _evaluation(f1: list[float], questions: list[str] | None = None, needles: list[float] | None = None) -> dict:
+    questions = questions or [f"q{i}?" for i in range(len(f1))]
+    results: dict = {
+        "qa": {
+            "squad-validation": {
+                "scores": {"adapter": {"f1": sum(f1) / len(f1)}},
+                "questions": questions,
+                "per_question": {"adapter": {"f1": f1}},
+            }
+        },
+        "niah": {},
+    }
+    if needles is not None:
+        results["niah"]["1024"] = {"adapter": sum(needles) / len(needles), "per_needle": {"adapter": needles}}
+    return results
+
+
+def test_half_width_is_the_normal_interval_of_the_mean_difference() -> None:
+    before, after = [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]
+    # differences 1, 0, 1, 0: mean 0.5, sample variance 1/3
+    assert paired_half_width(before, after) == pytest.approx(Z_95 * math.sqrt((1 / 3) / 4))
+    assert paired_half_width([0.2, 0.4], [0.3, 0.5]) == pytest.approx(0.0)  # the same shift everywhere
+    assert paired_half_width([1.0], [0.0]) == math.inf
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_half_width([1.0, 0.0], [1.0])
+
+
+def test_a_shift_on_every_question_is_significant_and_a_noisy_one_is_not() -> None:
+    steady = compare_results(_evaluation([0.1] * 10), _evaluation([0.3] * 10))
+    (difference,) = steady
+    assert (difference.section, difference.mode, difference.metric) == ("squad-validation", "adapter", "f1")
+    assert difference.delta == pytest.approx(0.2) and difference.count == 10
+    assert difference.significant
+    noisy = compare_results(_evaluation([1, 0, 0, 0, 1, 0, 0, 0]), _evaluation([0, 1, 0, 1, 0, 0, 1, 0]))
+    assert noisy[0].delta == pytest.approx(0.125)
+    assert not noisy[0].significant
+
+
+def test_needles_are_compared_per_needle() -> None:
+    before, after = _evaluation([0.5, 0.5], needles=[0, 0, 1]), _evaluation([0.5, 0.5], needles=[1, 1, 1])
+    differences = compare_results(before, after)
+    needles = [d for d in differences if d.section == "needles at 1024 tokens"]
+    assert len(needles) == 1 and needles[0].metric == "contains"
+    assert needles[0].delta == pytest.approx(2 / 3)
+
+
+def test_different_questions_or_no_per_question_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match="different questions"):
+        compare_results(_evaluation([0.1, 0.2]), _evaluation([0.1, 0.2], questions=["a?", "b?"]))
+    means_only = {"qa": {"squad-validation": {"scores": {"adapter": {"f1": 0.1}}}}}
+    with pytest.raises(ValueError, match="per-question"):
+        compare_results(means_only, _evaluation([0.1, 0.2]))
+
+
+def test_compare_command_prints_the_differences(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(_evaluation([0.1] * 10)))
+    after.write_text(json.dumps(_evaluation([0.3] * 10)))
+    result = CliRunner().invoke(app, ["compare", str(before), str(after)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "+0.200" in result.output and "*" in result.output
+    tampered = tmp_path / "tampered.json"
+    tampered.write_bytes(b"\x00\xff not json")
+    refused = CliRunner().invoke(app, ["compare", str(before), str(tampered)])
+    assert refused.exit_code == 2
+    assert "cannot read" in refused.output
