@@ -79,3 +79,8 @@ def test_compare_command_prints_the_differences(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, ["compare", str(before), str(tampered)])
     assert refused.exit_code == 2
     assert "cannot read" in refused.output
+    other_json = tmp_path / "list.json"
+    other_json.write_text("[1, 2, 3]")
+    refused = CliRunner().invoke(app, ["compare", str(other_json), str(before)])
+    assert refused.exit_code == 2
+    assert "not the JSON of doc2lora eval" in refused.output

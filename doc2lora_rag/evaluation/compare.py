@@ -59,7 +59,10 @@ def compare_results(before: dict, after: dict) -> list[Difference]:
     """Every score that both evaluations kept per question, section by section, for the
     sections they share. Raises ``ValueError`` when they share none, or when a shared section
     asked different questions (another ``--limit`` or data file)."""
-    old, new = _sections(before), _sections(after)
+    try:
+        old, new = _sections(before), _sections(after)
+    except (AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"not the JSON of doc2lora eval --json-out ({error!r})") from error
     shared = [name for name in old if name in new]
     if not shared:
         raise ValueError(
