@@ -370,7 +370,16 @@ def _count(store: Path) -> int:
 
 
 def _start_and_stop_at(args: list[str], store: Path, target: int, sig: int) -> subprocess.CompletedProcess:
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts pytest in the background (`cmd &`) ignores SIGINT, and the child would
+    # inherit that: give it the default so Ctrl-C reaches the CLI as it does in a terminal.
+    process = subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while _count(store) < target and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
