@@ -1,6 +1,7 @@
 """How chunk adapters add up on long haystacks: needle recall under several composition rules.
 
     python benchmarks/composition.py [--lengths 1024,4096,8192] [--count 4] [--hypernet DIR] [--threads 2]
+        [--chunk-size 256] [--rules "needle chunk,best 3"]
 
 A long document is split into chunks of ``chunk_size`` tokens and its adapter is the sum of
 the chunk adapters (rank concatenation, as published). Each chunk adapter also carries what
@@ -17,6 +18,9 @@ times. The table compares, on the same fresh needles (answer-contains):
   bound: what reading the right chunk gives without composing);
 - ``best 1`` / ``best 3``: the chunks that match the question best by BM25 over the chunks'
   text (``Doc2LoRA.focus``, what ``Doc2LoRAIndex`` answers a long document with).
+
+``--chunk-size`` reads the haystacks in chunks of another size than the network was trained
+with; ``--rules`` runs some of the rules only.
 """
 
 from __future__ import annotations
@@ -58,10 +62,18 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4, help="needles per length")
     parser.add_argument("--hypernet", default=None, help="hypernetwork folder; default: the shipped one")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=0, help="tokens per chunk; default: the network's")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated subset of the rules")
     args = parser.parse_args()
+    rules = [r.strip() for r in args.rules.split(",")]
+    if unknown := set(rules) - set(RULES):
+        parser.error(f"unknown rules {sorted(unknown)}; choose from {RULES}")
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
+    if args.chunk_size:
+        # Before any document is read, so internalize and focus both split at this size.
+        engine.config.chunk_size = args.chunk_size
     tokenizer, wrapper, size = engine.tokenizer, engine.wrapper, engine.config.chunk_size
     filler = " ".join(filler_sentence(random.Random(NIAH_SEED + 1)) for _ in range(200))
     references = {
@@ -69,10 +81,10 @@ def main() -> None:
         "empty-centred": engine._chunk_factors([wrapper.wrap([])])[0],
     }
     table = Table(title=f"needle recall by composition rule ({args.count} needles per length, chunks of {size} tokens)")
-    for column in ("haystack tokens", "chunks", *RULES):
+    for column in ("haystack tokens", "chunks", *rules):
         table.add_column(column)
     for length in (int(x) for x in args.lengths.split(",")):
-        hits = dict.fromkeys(RULES, 0.0)
+        hits = dict.fromkeys(rules, 0.0)
         chunk_count = 0
         for record in niah_records(engine, args.count, length):
             chunks = chunk_token_ids(tokenizer, wrapper, record.context, size)
@@ -89,10 +101,11 @@ def main() -> None:
             }
             adapters["best 1"] = engine.focus(adapters["sum"], record.context, record.question, 1)
             adapters["best 3"] = engine.focus(adapters["sum"], record.context, record.question, 3)
-            for rule, adapter in adapters.items():
+            for rule in rules:
+                adapter = adapters[rule]
                 answer = engine.generate(record.question, adapters=[adapter], max_new_tokens=16)
                 hits[rule] += answer_contains(answer, record.answer) / args.count
-        table.add_row(str(length), str(chunk_count), *(f"{hits[r]:.2f}" for r in RULES))
+        table.add_row(str(length), str(chunk_count), *(f"{hits[r]:.2f}" for r in rules))
     Console(width=140).print(table)
 
 
