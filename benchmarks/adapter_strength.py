@@ -74,8 +74,9 @@ def measure(engine, sources, made, general, general_docs, references, setting) -
     for name, records in sources.items():
         questions, golds = [r.question for r in records], [r.answer for r in records]
         documents = list(dict.fromkeys(r.context for r in records))
+        next_document = dict(zip(documents, documents[1:] + documents[:1], strict=True))  # as eval's unrelated_adapter
         own = [adapters[r.context] for r in records]
-        other = [adapters[documents[(documents.index(r.context) + 1) % len(documents)]] for r in records]
+        other = [adapters[next_document[r.context]] for r in records]
         scores = _answer_scores(answers(engine, questions, own), golds)
         row[name] = {
             "f1": _mean(scores["f1"]),
