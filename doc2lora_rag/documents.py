@@ -39,6 +39,14 @@ def validate_text(text: object, *, max_chars: int = MAX_DOCUMENT_CHARS) -> str:
             f"document has {len(text):,} characters, over the limit of {max_chars:,}; "
             "split it or raise max_chars"
         )
+    # A lone surrogate (a JSON "\ud800" escape, surrogateescape) breaks hashing, tokenizers, SQLite.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidDocumentError(
+            f"document is not valid Unicode (lone surrogate at character {error.start}); "
+            "decode its bytes with the right encoding"
+        ) from error
     sample = text[:65536]
     controls = sum(
         1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f\v"

@@ -105,8 +105,12 @@ class Doc2LoRA:
         self, texts: Sequence[str | bytes], *, metadata: Sequence[dict] | None = None
     ) -> list[LoRAAdapter]:
         """Internalise several documents, batching their chunks together for throughput."""
+        if isinstance(texts, str | bytes | bytearray | memoryview):  # else one adapter per character
+            raise TypeError("internalize_many takes a list of documents; use internalize for one")
         texts = [validate_text(t, max_chars=self.max_chars) for t in texts]
         metadata = list(metadata) if metadata is not None else [{} for _ in texts]
+        if len(metadata) != len(texts):
+            raise ValueError(f"got {len(metadata)} metadata dicts for {len(texts)} documents")
         chunks, owner = [], []
         for doc_index, text in enumerate(texts):
             for chunk in chunk_token_ids(self.tokenizer, self.wrapper, text, self.config.chunk_size):

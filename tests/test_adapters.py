@@ -9,7 +9,8 @@ import json
 import peft
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, LoRAAdapter
@@ -127,6 +128,33 @@ def test_corrupted_header_length_is_refused(saved_adapter, length: int) -> None:
     raw = saved_adapter.read_bytes()
     saved_adapter.write_bytes(length.to_bytes(8, "little") + raw[8:])
     with pytest.raises(AdapterFormatError):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+def _rewrite_info(weights, change) -> None:
+    """Re-save the file with its doc2lora header metadata changed and the tensors untouched,
+    so the tensor checksum still matches."""
+    with safe_open(weights, "pt") as handle:
+        info = json.loads(handle.metadata()["doc2lora"])
+    save_file(load_file(weights), weights, metadata={"doc2lora": json.dumps(change(info))})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda info: [],
+        lambda info: {k: v for k, v in info.items() if k != "layers"},
+        lambda info: {k: v for k, v in info.items() if k != "base_fingerprint"},
+        lambda info: {**info, "layers": [*info["layers"], 99]},
+        lambda info: {**info, "layers": "0123"},
+        lambda info: {**info, "module_paths": {}},
+    ],
+    ids=["not an object", "no layers", "no fingerprint", "unknown layer", "layers a string", "no modules"],
+)
+def test_malformed_header_metadata_is_refused(saved_adapter, change) -> None:
+    """Valid JSON of the wrong shape is as unreadable as broken JSON, not a KeyError."""
+    _rewrite_info(saved_adapter, change)
+    with pytest.raises(AdapterFormatError, match="not a doc2lora adapter|malformed"):
         LoRAAdapter.from_pretrained(saved_adapter.parent)
 
 

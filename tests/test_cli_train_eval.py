@@ -105,3 +105,35 @@ def test_eval_runs_context_distillation_on_a_subset_beside_the_adapter(tiny_mode
     assert subset["num_documents"] == 1 and subset["num_questions"] >= 1
     assert subset["seconds_per_document"]["context_distillation"] > subset["seconds_per_document"]["adapter"] > 0
     assert "Token F1 per second of update time" in report.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--niah", "256,abc"], "--niah takes comma-separated token counts"),
+        (["--data", "synthetic:abc"], "cannot read eval data 'synthetic:abc'"),
+        (["--data", "jsonl:/nowhere/qa.jsonl"], "no such file or directory"),
+    ],
+)
+def test_eval_refuses_bad_input_in_one_line_before_loading_anything(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """A typo in the last option used to surface as a traceback after every earlier source
+    had been scored, with nothing written."""
+    from doc2lora_rag.engine import Doc2LoRA
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(Doc2LoRA, "from_pretrained", no_model)
+    result = CliRunner().invoke(app, ["eval", "--base-model", str(tiny_model_dir), "--data", "synthetic:2", *args])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"error: {message}" in result.output
+
+
+def test_eval_with_a_missing_hypernetwork_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = ["eval", "--base-model", str(tiny_model_dir), "--hypernet", str(tmp_path / "nope")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "error: cannot read hypernetwork" in result.output

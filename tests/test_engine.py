@@ -234,6 +234,7 @@ def test_adapter_refused_by_another_engine(engines) -> None:
         (None, "must be str or UTF-8 bytes, not NoneType"),
         (["a list"], "not list"),
         (b"\xff\xfe", "not valid UTF-8"),
+        ("tide \ud800 table", "not valid Unicode"),
         ("a\x00b", "binary"),
         ("\x01\x02\x03 text", "binary"),
         ("x" * (MAX_DOCUMENT_CHARS + 1), "over the limit"),
@@ -255,6 +256,14 @@ def test_engine_size_limit_is_configurable(tiny_engine: Doc2LoRA) -> None:
 def test_one_bad_document_stops_the_batch(tiny_engine: Doc2LoRA) -> None:
     with pytest.raises(InvalidDocumentError):
         tiny_engine.internalize_many([DOC, ""])
+
+
+def test_internalize_many_refuses_a_single_string_and_uneven_metadata(tiny_engine: Doc2LoRA) -> None:
+    """A str is iterable: it used to become one adapter per character."""
+    with pytest.raises(TypeError, match="use internalize for one"):
+        tiny_engine.internalize_many(DOC)
+    with pytest.raises(ValueError, match="1 metadata dicts for 2 documents"):
+        tiny_engine.internalize_many([DOC, DOC + " Again."], metadata=[{}])
 
 
 @pytest.mark.parametrize("question", ["", "  ", None])

@@ -168,6 +168,7 @@ BAD_DOCUMENTS = {
     "whitespace": ("  \n\t ", "empty"),
     "binary": ("PK\x03\x04\x00\x00binary", "binary"),
     "non-utf8": (b"caf\xe9 au lait", "UTF-8"),
+    "lone surrogate": ("caf\udce9 au lait", "not valid Unicode"),
     "ten megabytes": ("x" * 10_000_000, "over the limit"),
     "not text": (12345, "cannot read"),
     "bad metadata": ({"text": "fine text", "metadata": {"when": object()}}, "JSON"),

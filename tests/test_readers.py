@@ -137,6 +137,25 @@ def test_json_object_is_one_document_and_array_is_records(tmp_path: Path) -> Non
         read_file(missing)
 
 
+def test_json_that_python_refuses_past_its_syntax_is_a_read_error(tmp_path: Path) -> None:
+    """Deep nesting raises RecursionError and a 5,000-digit integer a plain ValueError inside
+    json.loads: one such file or line must fail alone, not stop the whole ingest."""
+    deep = "[" * 100_000 + "]" * 100_000
+    huge_number = '{"text": "ok", "n": ' + "9" * 5000 + "}"
+    for name, content in (("deep.json", deep), ("number.json", huge_number)):
+        path = tmp_path / name
+        path.write_text(content)
+        with pytest.raises(ReadError, match="not usable JSON"):
+            read_file(path)
+    lines = tmp_path / "mixed.jsonl"
+    lines.write_text(f'{{"text": "Ferries run hourly."}}\n{deep}\n{huge_number}\n')
+    items = read_file(lines)
+    assert [d.text for d in docs(items)] == ["Ferries run hourly."]
+    failures = {f.id: f.reason for f in items if isinstance(f, ReadFailure)}
+    assert "nested too deeply" in failures[f"{lines}#2"]
+    assert "digits" in failures[f"{lines}#3"]
+
+
 def test_pdf_text_pages_and_title(tmp_path: Path) -> None:
     path = tmp_path / "report.pdf"
     path.write_bytes(make_pdf(["The keeper was Tomas Brennick.", "Automated in 1994."], title="Keepers"))

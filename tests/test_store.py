@@ -246,6 +246,31 @@ def test_paths_that_are_not_stores_are_refused(tmp_path):
         AdapterStore(tmp_path / "broken")
 
 
+def test_a_damaged_catalog_row_names_its_document_and_can_be_deleted(tmp_path, tiny_engine, adapters):
+    """SQLite keeps no checksums: a row whose JSON was damaged must say which document it is,
+    and deleting that document (the repair) must still work and keep the others."""
+    store = bound_store(tmp_path / "s", tiny_engine)
+    fill(store, adapters)
+    damaged_dir = store.get("doc-1")[0].adapter_dir
+    db = sqlite3.connect(tmp_path / "s" / CATALOG_FILE)
+    with db:
+        db.execute("UPDATE documents SET metadata = '{\"n\": 1' WHERE id = 'doc-1'")
+    db.close()
+    for read in (store.documents, lambda: store.get("doc-1"), lambda: store.load_adapter("doc-1")):
+        with pytest.raises(StoreError, match="'doc-1' is damaged"):
+            read()
+    assert "doc-1" in store
+    store.delete("doc-1")
+    assert store.ids() == ["doc-0", "doc-2"] and store.verify() == {}
+    assert not (store.adapters_dir / damaged_dir).exists()
+    db = sqlite3.connect(tmp_path / "s" / CATALOG_FILE)
+    with db:
+        db.execute("UPDATE meta SET value = 'not json' WHERE key = 'format_version'")
+    db.close()
+    with pytest.raises(StoreError, match="'format_version' entry is damaged"):
+        AdapterStore(tmp_path / "s")
+
+
 def test_a_newer_store_format_is_refused(tmp_path):
     AdapterStore(tmp_path / "s").close()
     catalog = Catalog(tmp_path / "s" / CATALOG_FILE)

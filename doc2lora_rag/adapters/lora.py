@@ -184,6 +184,8 @@ class LoRAAdapter:
                     raise ValueError(f"header length {header_len} runs past the end of the file")
                 header = json.loads(handle.read(header_len))
             info = json.loads(header["__metadata__"][_METADATA_KEY])
+            if not isinstance(info, dict):
+                raise TypeError(f"its {_METADATA_KEY!r} metadata is {type(info).__name__}, not an object")
             tensors = load_file(weights, device=str(device))
         except FileNotFoundError as error:
             raise AdapterFormatError(f"no adapter at {directory}") from error
@@ -191,25 +193,31 @@ class LoRAAdapter:
             raise AdapterFormatError(f"{weights} is not a doc2lora adapter: {error}") from error
         if _tensor_digest(tensors) != info.get("tensor_sha256"):
             raise AdapterFormatError(f"{weights} fails its checksum: the file was modified")
-        layers, paths = info["layers"], info["module_paths"]
-        factors = {}
-        for name in paths:
-            keys = [_PEFT_PREFIX + paths[name][layer] for layer in layers]
-            factors[name] = (
-                torch.stack([tensors[f"{k}.lora_A.weight"] for k in keys]),
-                torch.stack([tensors[f"{k}.lora_B.weight"] for k in keys]),
+        # The checksum covers the tensors only: metadata of the wrong shape is refused here.
+        try:
+            layers, paths = info["layers"], info["module_paths"]
+            if not layers or not paths:
+                raise ValueError("it names no layers or no modules")
+            factors = {}
+            for name in paths:
+                keys = [_PEFT_PREFIX + paths[name][layer] for layer in layers]
+                factors[name] = (
+                    torch.stack([tensors[f"{k}.lora_A.weight"] for k in keys]),
+                    torch.stack([tensors[f"{k}.lora_B.weight"] for k in keys]),
+                )
+            return cls(
+                factors=factors,
+                layers=layers,
+                module_paths=paths,
+                base_model_name=info["base_model_name"],
+                base_fingerprint=info["base_fingerprint"],
+                hypernet_fingerprint=info["hypernet_fingerprint"],
+                num_chunks=info["num_chunks"],
+                metadata=info["metadata"],
+                bias_rank=info.get("bias_rank", 0),
             )
-        return cls(
-            factors=factors,
-            layers=layers,
-            module_paths=paths,
-            base_model_name=info["base_model_name"],
-            base_fingerprint=info["base_fingerprint"],
-            hypernet_fingerprint=info["hypernet_fingerprint"],
-            num_chunks=info["num_chunks"],
-            metadata=info["metadata"],
-            bias_rank=info.get("bias_rank", 0),
-        )
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError) as error:
+            raise AdapterFormatError(f"{weights} has malformed {_METADATA_KEY} metadata: {error!r}") from error
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

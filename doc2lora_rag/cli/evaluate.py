@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.cli.app import app
+from doc2lora_rag.cli.errors import CommandError, user_errors
 
 console = Console()
 
@@ -55,13 +56,15 @@ def evaluate(
 
     if threads:
         torch.set_num_threads(threads)
-    engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model)
+    with user_errors():  # every input is checked before the model loads and hours of scoring start
+        lengths = _niah_lengths(niah)
+        sources = [_eval_records(item, limit) for item in data or []]
+        engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model)
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
     results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "qa": {}, "niah": {}}
     evaluated: list[list] = []
-    for item in data or []:
-        name, records = _eval_records(item, limit)
+    for name, records in sources:
         evaluated.append(records)
         runs = [(name, records, modes)]
         if context_distillation and cd_docs:
@@ -79,8 +82,7 @@ def evaluate(
         general = evaluate_general(engine, documents, max_new_tokens=max_new_tokens)
         results["general"] = general.to_dict()
         _print_general(general)
-    if niah:
-        lengths = [int(x) for x in niah.split(",") if x.strip()]
+    if lengths:
         results["niah"] = evaluate_niah(
             engine,
             lengths,
@@ -100,17 +102,31 @@ def evaluate(
         console.print(f"wrote {json_out}")
 
 
+def _niah_lengths(niah: str) -> list[int]:
+    """``--niah 256,1024``: positive token counts."""
+    try:
+        lengths = [int(x) for x in niah.split(",") if x.strip()]
+    except ValueError:
+        lengths = [0]
+    if any(length < 1 for length in lengths):
+        raise CommandError(f"--niah takes comma-separated token counts (e.g. 256,1024), not {niah!r}")
+    return lengths
+
+
 def _eval_records(item: str, limit: int):
     from doc2lora_rag.training.data import jsonl_records, squad_records, synthetic_fact_records
 
     kind, _, arg = item.partition(":")
-    if kind == "squad":
-        return "squad-validation", _spread(squad_records(arg, "validation"), limit)
-    if kind == "jsonl":
-        return Path(arg).stem, jsonl_records(arg)[:limit]
-    if kind == "synthetic":
-        # A seed no training config uses, so these documents are new to the hypernetwork.
-        return "synthetic-heldout", synthetic_fact_records(int(arg or limit), seed=987654)[:limit]
+    try:
+        if kind == "squad":
+            return "squad-validation", _spread(squad_records(arg, "validation"), limit)
+        if kind == "jsonl":
+            return Path(arg).stem, jsonl_records(arg)[:limit]
+        if kind == "synthetic":
+            # A seed no training config uses, so these documents are new to the hypernetwork.
+            return "synthetic-heldout", synthetic_fact_records(int(arg or limit), seed=987654)[:limit]
+    except (ValueError, KeyError, TypeError) as error:  # malformed JSON, a missing field, synthetic:abc
+        raise CommandError(f"cannot read eval data {item!r}: {error}") from error
     raise typer.BadParameter(f"unknown eval data {item!r}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 import time
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.engine_spec import EngineSpec
-from doc2lora_rag.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, describe, fail, user_errors
+from doc2lora_rag.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, describe, fail, user_errors
 from doc2lora_rag.cli.ingest_apply import apply_plan
 from doc2lora_rag.cli.ingest_build import Builder, LocalBuilder
 from doc2lora_rag.cli.ingest_plan import scan
@@ -68,12 +69,20 @@ def ingest(
     err = Console(stderr=True)
     started = time.monotonic()
     with user_errors():
+        store_path = (store or default_store_path()).expanduser().absolute()
         discovery = discover(paths, SUPPORTED_SUFFIXES, glob or ())
+        # A store inside an ingested folder is no document: its adapter_config.json files would fail as JSON.
+        own = {f for f in discovery.files if store_path in f.parents}
+        discovery.files = [f for f in discovery.files if f not in own]
+        discovery.ignored += len(own)
+        try:  # a typo would otherwise fail every file, one by one
+            codecs.lookup(encoding)
+        except LookupError as error:
+            raise CommandError(f"unknown --encoding {encoding!r}") from error
         if ray:
             from doc2lora_rag.cli.ray_ingest import import_ray
 
             import_ray()  # say that Ray is missing before any work
-        store_path = (store or default_store_path()).expanduser().absolute()
         opened = None if dry_run and not (store_path / CATALOG_FILE).is_file() else AdapterStore(store_path)
     summary = IngestSummary(
         store=str(store_path), dry_run=dry_run, files=len(discovery.files), ignored=discovery.ignored

@@ -25,10 +25,15 @@ from doc2lora_rag.readers import (
     ReadFailure,
     read_file,
 )
+from doc2lora_rag.readers.dispatch import READERS
+from doc2lora_rag.readers.text import read_text
 from doc2lora_rag.store import AdapterStore, StoredDocument
 
 FILES_PER_LOOKUP = 256
 """Files scanned between catalog look-ups: bounds the stored text held in memory at once."""
+MAX_BYTES_PER_CHAR = 4
+"""No text encoding spends more bytes on a character (UTF-8, UTF-32): a plain-text file larger
+than this many bytes per allowed character is too long whatever it holds."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,10 @@ def _read_one(
         seen.seen.add(source)
         seen.sources_read.add(source)
         seen.skipped += 1
+        return
+    if READERS.get(path.suffix.lower()) is read_text and status.st_size > MAX_BYTES_PER_CHAR * max_chars + 4:
+        # Refused unread: a multi-gigabyte log would otherwise be held in memory twice first.
+        seen.failures.append((source, f"file has {status.st_size:,} bytes, over the limit of {max_chars:,} characters"))
         return
     try:
         items = read_file(path, options)

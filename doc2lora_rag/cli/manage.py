@@ -124,6 +124,7 @@ def export(
         if target.exists() and not (force or (target.is_dir() and not any(target.iterdir()))):
             raise CommandError(f"{target} exists and is not empty; pass --force to replace it")
         with open_store(store, create=False) as adapters:
+            _check_outside(target, adapters.path)
             ids = list(dict.fromkeys(resolve_ids(adapters, doc_ids)))
             loaded = adapters.load_adapters(ids)
         combined = loaded[0] if len(loaded) == 1 else LoRAAdapter.concat(loaded)
@@ -138,6 +139,14 @@ def export(
     typer.echo(
         f"serve it: vllm serve <base model> --enable-lora --max-lora-rank {serve_rank} --lora-modules docs={target}"
     )
+
+
+def _check_outside(target: Path, store: Path) -> None:
+    """Refuse a target that is, holds or lies inside the store: --force would delete the store
+    (or its adapters), and a folder under adapters/ or tmp/ is removed as debris on the next open."""
+    target, store = target.resolve(), store.resolve()
+    if target == store or store in target.parents or target in store.parents:
+        raise CommandError(f"{target} overlaps the store {store}; export to a folder outside it")
 
 
 def _write_atomically(adapter: LoRAAdapter, target: Path) -> None:

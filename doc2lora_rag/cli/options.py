@@ -48,7 +48,7 @@ def resolve_ids(store: AdapterStore, given: Sequence[str]) -> list[str]:
 
     Every unknown id is named at once and nothing is resolved, so a typo deletes nothing.
     """
-    known = store.catalog.get_many(list(given))
+    known = store.catalog.adapter_dirs_of(list(given))  # no row parsing: rm must reach a damaged row
     resolved, missing = [], []
     for value in given:
         if value in known:

@@ -26,6 +26,9 @@ def read_jsonl(path: Path, data: bytes, options: ReaderOptions) -> list[SourceDo
         except json.JSONDecodeError as error:
             results.append(ReadFailure(f"{path}#{number}", f"line {number} is not JSON: {error.msg}"))
             continue
+        except (RecursionError, ValueError) as error:
+            results.append(ReadFailure(f"{path}#{number}", f"line {number} is not usable JSON: {_why(error)}"))
+            continue
         results.append(_record(path, record, number, f"line {number}", "jsonl", options))
     return results
 
@@ -35,6 +38,8 @@ def read_json(path: Path, data: bytes, options: ReaderOptions) -> list[SourceDoc
         value = json.loads(decode(data, options.encoding))
     except json.JSONDecodeError as error:
         raise ReadError(f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from error
+    except (RecursionError, ValueError) as error:
+        raise ReadError(f"not usable JSON: {_why(error)}") from error
     if isinstance(value, list):
         return [_record(path, item, i, f"element {i}", "json", options) for i, item in enumerate(value)]
     if isinstance(value, dict):
@@ -43,6 +48,12 @@ def read_json(path: Path, data: bytes, options: ReaderOptions) -> list[SourceDoc
             raise ReadError(made.reason)
         return [made]
     raise ReadError(f"a JSON file must hold an object or an array of objects, not {type(value).__name__}")
+
+
+def _why(error: BaseException) -> str:
+    """What json.loads refused besides syntax: nesting past the recursion limit, or an
+    integer of more than 4,300 digits (Python's int-from-string cap, a plain ValueError)."""
+    return "nested too deeply" if isinstance(error, RecursionError) else str(error)
 
 
 def _record(

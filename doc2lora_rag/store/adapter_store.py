@@ -141,7 +141,7 @@ class AdapterStore:
         return self.catalog.count()
 
     def __contains__(self, doc_id: object) -> bool:
-        return isinstance(doc_id, str) and self.catalog.get(doc_id) is not None
+        return isinstance(doc_id, str) and bool(self.catalog.adapter_dirs_of([doc_id]))
 
     def ids(self) -> list[str]:
         return self.catalog.ids()
@@ -292,16 +292,20 @@ class AdapterStore:
             self.catalog.set_metadata(doc_id, dict(metadata))
 
     def delete(self, ids: str | Sequence[str]) -> None:
-        """Delete documents; all ids are checked first, so an unknown one deletes nothing."""
+        """Delete documents; all ids are checked first, so an unknown one deletes nothing.
+        Rows are not parsed, so this is also the repair for a damaged catalog row."""
         ids = [ids] if isinstance(ids, str) else list(ids)
         with self.writing():
-            docs = self.get(ids)
+            found = self.catalog.adapter_dirs_of(ids)
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownIdError(f"no document with id {_quote(missing)} in {self.path}")
             with self.catalog.transaction():
-                for doc in docs:
-                    self.catalog.delete(doc.id)
-            for doc in docs:
-                self.cache.discard(doc.id)
-                remove_tree(self.adapters_dir / doc.adapter_dir)
+                for doc_id in found:
+                    self.catalog.delete(doc_id)
+            for doc_id, adapter_dir in found.items():
+                self.cache.discard(doc_id)
+                remove_tree(self.adapters_dir / adapter_dir)
 
     def recover(self) -> list[str]:
         """Remove what an interrupted writer left: staged and unreferenced adapter dirs.

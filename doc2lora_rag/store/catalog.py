@@ -73,8 +73,17 @@ class StoredDocument:
     @classmethod
     def from_row(cls, row: tuple) -> StoredDocument:
         values = list(row)
-        values[3] = json.loads(values[3])
-        values[5] = json.loads(values[5])
+        for index, column in ((3, "metadata"), (5, "files")):
+            try:
+                values[index] = json.loads(values[index])
+            except (TypeError, ValueError):
+                values[index] = None
+            if not isinstance(values[index], dict):
+                # SQLite keeps no checksums: a damaged row must name itself, not raise JSONDecodeError.
+                raise StoreError(
+                    f"the catalog row of document {values[0]!r} is damaged (its {column} is not a JSON "
+                    "object); delete the document and add it again"
+                )
         return cls(*values)
 
     def to_row(self) -> tuple:
@@ -146,7 +155,10 @@ class Catalog:
 
     def get_meta(self, key: str) -> Any:
         row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        try:
+            return None if row is None else json.loads(row[0])
+        except (TypeError, ValueError) as error:
+            raise StoreError(f"store catalog {self.path}: its {key!r} entry is damaged ({error})") from error
 
     def set_meta(self, key: str, value: Any) -> None:
         self._execute(
@@ -177,19 +189,25 @@ class Catalog:
         return None if row is None else StoredDocument.from_row(row)
 
     def get_many(self, ids: list[str]) -> dict[str, StoredDocument]:
-        found: dict[str, StoredDocument] = {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
-            part = ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._execute(
-                f"SELECT {_COLUMNS} FROM documents WHERE id IN ({marks})", part
-            ):
-                found[row[0]] = StoredDocument.from_row(row)
-        return found
+        rows = self._rows_of(_COLUMNS, ids)
+        return {row[0]: StoredDocument.from_row(row) for row in rows}
 
     def all(self) -> list[StoredDocument]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM documents ORDER BY added_at, id")
         return [StoredDocument.from_row(r) for r in rows]
+
+    def adapter_dirs_of(self, ids: list[str]) -> dict[str, str]:
+        """Adapter directory by id for the ids that exist, without parsing the rows' JSON, so a
+        document whose row is damaged can still be found and deleted."""
+        return dict(self._rows_of("id, adapter_dir", ids))
+
+    def _rows_of(self, columns: str, ids: list[str]) -> list[tuple]:
+        rows: list[tuple] = []
+        for start in range(0, len(ids), 500):  # stay under SQLite's parameter limit
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows += self._execute(f"SELECT {columns} FROM documents WHERE id IN ({marks})", part).fetchall()
+        return rows
 
     def adapter_dirs(self) -> set[str]:
         return {r[0] for r in self._execute("SELECT adapter_dir FROM documents")}
