@@ -37,7 +37,9 @@ from langchain_doc2lora.runtime import (
     render_turns,
 )
 
-_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+# By class, not by ``message.type``: a chunk (e.g. the AIMessageChunk a stream added up to,
+# kept in a chat history) is a subclass of its message, with its own ``type``.
+_ROLES = ((SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"))
 
 
 @dataclass
@@ -117,7 +119,14 @@ class ChatDoc2LoRA(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "max_tokens": self.max_tokens, "stop": self.stop}
+        """What decides an answer besides the prompt (LangChain's LLM cache keys on it): with
+        an index bound, its store and the store's state, which decide the adapters."""
+        params = {"model_name": self.model_name, "max_tokens": self.max_tokens, "stop": self.stop}
+        if self.index is not None:
+            store = core_index(self.index).store
+            params["index"] = f"{store.path}@{store.generation()}"
+            params["min_match_chars"] = self.min_match_chars
+        return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -256,9 +265,9 @@ def _turn(message: BaseMessage) -> tuple[str, str]:
     """A message as ``(chat-template role, text)``; only text content can be read."""
     if isinstance(message, ChatMessage):
         role = message.role
-    elif isinstance(message, SystemMessage | HumanMessage | AIMessage):
-        role = _ROLES[message.type]
     else:
+        role = next((name for kind, name in _ROLES if isinstance(message, kind)), None)
+    if role is None:
         raise ValueError(f"ChatDoc2LoRA has no tool calling; cannot read a {type(message).__name__}")
     return role, _text(message.content)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.callbacks.base import CallbackManager
+from llama_index.core.chat_engine.types import BaseChatEngine, ChatMode
 from llama_index.core.data_structs.data_structs import IndexDict
 from llama_index.core.indices.base import BaseIndex
 from llama_index.core.indices.managed.base import BaseManagedIndex
@@ -247,6 +248,15 @@ class Doc2LoRAIndex(BaseManagedIndex):
         """The base model with this index's adapters available (e.g. for a chat engine)."""
         return Doc2LoRALLM(index=self, **kwargs)
 
+    def _llm_for(self, llm: Any) -> Any:
+        """The LLM an engine of this index uses: by default this index's; an unbound
+        :class:`Doc2LoRALLM` bound to this index; any other LLM as it is."""
+        if llm is None:
+            return self.as_llm()
+        if isinstance(llm, Doc2LoRALLM) and llm.index is None:
+            return llm.model_copy(update={"index": self})
+        return llm
+
     def as_query_engine(self, llm: Any = None, **kwargs: Any) -> BaseQueryEngine:
         """Answers with the routed nodes' adapters attached and the nodes as sources.
 
@@ -257,8 +267,7 @@ class Doc2LoRAIndex(BaseManagedIndex):
         """
         if llm is not None and not isinstance(llm, Doc2LoRALLM):
             return BaseIndex.as_query_engine(self, llm=llm, **kwargs)
-        if llm is not None and llm.index is None:  # an unbound one: bind it to this index
-            llm = llm.model_copy(update={"index": self})
+        llm = self._llm_for(llm)
         retriever = self.as_retriever(
             similarity_top_k=kwargs.get("similarity_top_k"),
             filters=kwargs.get("filters"),
@@ -266,8 +275,14 @@ class Doc2LoRAIndex(BaseManagedIndex):
         )
         return Doc2LoRAQueryEngine(
             retriever,
-            llm if llm is not None else self.as_llm(),
+            llm,
             streaming=kwargs.get("streaming", False),
             max_new_tokens=kwargs.get("max_new_tokens"),
             callback_manager=self._callback_manager,
         )
+
+    def as_chat_engine(self, chat_mode: ChatMode = ChatMode.BEST, llm: Any = None, **kwargs: Any) -> BaseChatEngine:
+        """LlamaIndex's chat engines, with the LLM chosen as for :meth:`as_query_engine` (not
+        ``Settings.llm``): a bound :class:`Doc2LoRALLM` recognises the node text the engine
+        puts in its prompt and attaches the nodes' adapters instead."""
+        return BaseIndex.as_chat_engine(self, chat_mode, llm=self._llm_for(llm), **kwargs)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
-from llama_index.core.base.response.schema import RESPONSE_TYPE, Response, StreamingResponse
+from llama_index.core.base.response.schema import (
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
 from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
@@ -60,4 +66,20 @@ class Doc2LoRAQueryEngine(BaseQueryEngine):
         return Response(response=result.text, source_nodes=nodes, metadata=metadata)
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        return await asyncio.to_thread(self._query, query_bundle)
+        """:meth:`_query` in a worker thread; a stream comes back as LlamaIndex's engines
+        stream from ``aquery``: an ``AsyncStreamingResponse``."""
+        response = await asyncio.to_thread(self._query, query_bundle)
+        if isinstance(response, StreamingResponse):
+            return AsyncStreamingResponse(
+                response_gen=_in_threads(response.response_gen),
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+            )
+        return response
+
+
+async def _in_threads(pieces: Iterator[str]) -> AsyncIterator[str]:
+    """A blocking stream's pieces, each generated in a worker thread (not on the event loop)."""
+    done = object()
+    while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
+        yield piece

@@ -9,9 +9,17 @@ import warnings
 import pytest
 from langchain_classic.chains import create_retrieval_chain
 from langchain_classic.chains.combine_documents import create_stuff_documents_chain
+from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    HumanMessage,
+    HumanMessageChunk,
+    SystemMessage,
+    SystemMessageChunk,
+    ToolMessage,
+)
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
@@ -351,6 +359,31 @@ def test_refuses_what_it_cannot_read(text_engine):
         ChatDoc2LoRA(engine=text_engine, temperature=0.7)
     assert any("greedily" in str(w.message) for w in caught)
     assert llm.invoke([HumanMessage(content=[{"type": "text", "text": "hello"}])]).content
+
+
+def test_message_chunks_read_like_their_messages(text_engine):
+    """A chat loop that streams keeps the added-up AIMessageChunk in its history."""
+    llm = ChatDoc2LoRA(engine=text_engine, max_tokens=TOKENS)
+    reply = None
+    for chunk in llm.stream("hello"):
+        reply = chunk if reply is None else reply + chunk
+    chunks = [SystemMessageChunk(content="Be brief."), HumanMessageChunk(content="hello"), reply, HumanMessage("again")]
+    messages = [SystemMessage("Be brief."), HumanMessage("hello"), AIMessage(reply.content), HumanMessage("again")]
+    from_chunks, from_messages = llm.invoke(chunks), llm.invoke(messages)
+    assert from_chunks.content == from_messages.content
+    assert from_chunks.usage_metadata["input_tokens"] == from_messages.usage_metadata["input_tokens"]
+
+
+def test_llm_cache_tells_bound_stores_and_their_changes_apart(store, text_engine):
+    prompt = f"{LIGHTHOUSE}\n\n{QUESTION}"
+    cache = InMemoryCache()
+    ChatDoc2LoRA(engine=text_engine, max_tokens=TOKENS, cache=cache).invoke(prompt)  # no index: text read
+    bound = ChatDoc2LoRA(index=store, max_tokens=TOKENS, cache=cache)
+    swapped = bound.invoke(prompt)
+    assert swapped.response_metadata["adapter_ids"] == ["light"]
+    assert swapped.content == ChatDoc2LoRA(index=store, max_tokens=TOKENS).invoke(prompt).content
+    store.delete(["light"])  # the same prompt now keeps its text
+    assert bound.invoke(prompt).response_metadata["adapter_ids"] == []
 
 
 def test_default_engine_is_loaded_lazily_once(monkeypatch, text_engine):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from llama_index.core import SimpleDirectoryReader
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import Document, NodeRelationship, NodeWithScore, TextNode
@@ -119,6 +119,15 @@ def test_streaming_query_engine(index):
 async def test_async_query(index):
     response = await index.as_query_engine(max_new_tokens=TOKENS).aquery(QUESTION)
     assert response.response == index.as_query_engine(max_new_tokens=TOKENS).query(QUESTION).response
+
+
+async def test_async_streaming_query(index):
+    streamed = await index.as_query_engine(max_new_tokens=TOKENS, streaming=True).aquery(QUESTION)
+    assert isinstance(streamed, AsyncStreamingResponse)  # what LlamaIndex's own engines return from aquery
+    text = "".join([piece async for piece in streamed.async_response_gen()])
+    assert text and text == index.as_query_engine(max_new_tokens=TOKENS).query(QUESTION).response
+    assert streamed.metadata["adapter_ids"] == [node_of(index, LIGHTHOUSE)]
+    assert [n.node.node_id for n in streamed.source_nodes] == [node_of(index, LIGHTHOUSE)]
 
 
 def test_an_unbound_llm_is_bound_and_embed_model_ignored(documents, text_engine):
@@ -268,6 +277,28 @@ def test_context_chat_engine_gets_adapters(index, monkeypatch):
     assert [n.node.node_id for n in reply.source_nodes] == [node_of(index, LIGHTHOUSE)]
     (prompt, adapter), *_ = calls
     assert adapter is not None and "Tomas Brennick" not in prompt and QUESTION in prompt
+
+
+def test_chat_engine_llm_is_chosen_as_for_the_query_engine(index, text_engine, monkeypatch):
+    """No llm: the index's own (not ``Settings.llm``); an unbound Doc2LoRALLM: bound to the index."""
+    calls = []
+    original = llm_module.generate
+
+    def spy(engine, prompt, adapter, **kwargs):
+        calls.append((engine, adapter))
+        return original(engine, prompt, adapter, **{**kwargs, "max_new_tokens": TOKENS})
+
+    monkeypatch.setattr(llm_module, "generate", spy)
+    monkeypatch.setattr(llm_module, "default_engine", lambda: pytest.fail("the embedded default was loaded"))
+    unbound = Doc2LoRALLM(max_new_tokens=TOKENS)
+    for chat_engine in (
+        index.as_chat_engine(chat_mode="context"),
+        index.as_chat_engine(chat_mode="context", llm=unbound),
+    ):
+        reply = chat_engine.chat(QUESTION)
+        assert [n.node.node_id for n in reply.source_nodes] == [node_of(index, LIGHTHOUSE)]
+    assert [(engine, adapter is not None) for engine, adapter in calls] == [(text_engine, True)] * 2
+    assert unbound.index is None
 
 
 def test_llm_asks_for_adapters_narrowed_to_the_question(index, monkeypatch):
