@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, LoRAAdapter
+from doc2lora_rag.adapters import lora as lora_module
 from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids
@@ -131,12 +132,16 @@ def test_corrupted_header_length_is_refused(saved_adapter, length: int) -> None:
         LoRAAdapter.from_pretrained(saved_adapter.parent)
 
 
-def _rewrite_info(weights, change) -> None:
-    """Re-save the file with its doc2lora header metadata changed and the tensors untouched,
-    so the tensor checksum still matches."""
+def _rewrite_info(weights, change, *, reseal: bool = True) -> None:
+    """Re-save the file with its doc2lora header metadata changed and the tensors untouched;
+    ``reseal`` recomputes the checksum, as a writer that got the shape wrong would."""
     with safe_open(weights, "pt") as handle:
         info = json.loads(handle.metadata()["doc2lora"])
-    save_file(load_file(weights), weights, metadata={"doc2lora": json.dumps(change(info))})
+    tensors = load_file(weights)
+    info = change(info)
+    if reseal and isinstance(info, dict):
+        info["sha256"] = lora_module._digest(tensors, info)
+    save_file(tensors, weights, metadata={"doc2lora": json.dumps(info)})
 
 
 @pytest.mark.parametrize(
@@ -155,6 +160,33 @@ def test_malformed_header_metadata_is_refused(saved_adapter, change) -> None:
     """Valid JSON of the wrong shape is as unreadable as broken JSON, not a KeyError."""
     _rewrite_info(saved_adapter, change)
     with pytest.raises(AdapterFormatError, match="not a doc2lora adapter|malformed"):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+@pytest.mark.parametrize("key", ["base_fingerprint", "num_chunks", "metadata"])
+def test_edited_header_metadata_fails_the_checksum(saved_adapter, key) -> None:
+    """Another base model's fingerprint written into the header must not pass the adapter off."""
+    _rewrite_info(saved_adapter, lambda info: {**info, key: {"edited": True}}, reseal=False)
+    with pytest.raises(AdapterFormatError, match="checksum"):
+        LoRAAdapter.from_pretrained(saved_adapter.parent)
+
+
+def test_files_with_the_tensor_checksum_alone_still_load(saved_adapter, short_adapter) -> None:
+    """Adapters saved before the checksum covered the metadata carry ``tensor_sha256`` only."""
+
+    def older(info):
+        info = {k: v for k, v in info.items() if k != "sha256"}
+        return {**info, "tensor_sha256": lora_module._tensor_digest(load_file(saved_adapter))}
+
+    _rewrite_info(saved_adapter, older, reseal=False)
+    loaded = LoRAAdapter.from_pretrained(saved_adapter.parent)
+    assert loaded.base_fingerprint == short_adapter.base_fingerprint
+    for name, (a, b) in short_adapter.factors.items():
+        assert torch.equal(loaded.factors[name][0], a.cpu()) and torch.equal(loaded.factors[name][1], b.cpu())
+    raw = bytearray(saved_adapter.read_bytes())
+    raw[-20] ^= 0x5A  # inside the last tensor's data: their checksum still guards them
+    saved_adapter.write_bytes(bytes(raw))
+    with pytest.raises(AdapterFormatError, match="checksum"):
         LoRAAdapter.from_pretrained(saved_adapter.parent)
 
 

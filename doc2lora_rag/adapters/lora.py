@@ -165,8 +165,8 @@ class LoRAAdapter:
             "num_chunks": self.num_chunks,
             "bias_rank": self.bias_rank,
             "metadata": self.metadata,
-            "tensor_sha256": _tensor_digest(tensors),
         }
+        info["sha256"] = _digest(tensors, info)
         save_file(tensors, directory / WEIGHTS_FILE, metadata={_METADATA_KEY: json.dumps(info)})
         self.peft_config().save_pretrained(str(directory))
         return directory
@@ -191,9 +191,13 @@ class LoRAAdapter:
             raise AdapterFormatError(f"no adapter at {directory}") from error
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
             raise AdapterFormatError(f"{weights} is not a doc2lora adapter: {error}") from error
-        if _tensor_digest(tensors) != info.get("tensor_sha256"):
+        # Files written before the checksum covered the metadata too carry the tensors' alone.
+        if "sha256" in info:
+            intact = _digest(tensors, info) == info["sha256"]
+        else:
+            intact = _tensor_digest(tensors) == info.get("tensor_sha256")
+        if not intact:
             raise AdapterFormatError(f"{weights} fails its checksum: the file was modified")
-        # The checksum covers the tensors only: metadata of the wrong shape is refused here.
         try:
             layers, paths = info["layers"], info["module_paths"]
             if not layers or not paths:
@@ -220,8 +224,15 @@ class LoRAAdapter:
             raise AdapterFormatError(f"{weights} has malformed {_METADATA_KEY} metadata: {error!r}") from error
 
 
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], info: dict) -> str:
+    """SHA-256 of the tensors and the header metadata (its checksum keys aside): an edited
+    fingerprint could otherwise pass an adapter off as made for another base model."""
+    described = {k: v for k, v in info.items() if k not in ("sha256", "tensor_sha256")}
+    return _tensor_digest(tensors, json.dumps(described, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor], extra: bytes = b"") -> str:
+    digest = hashlib.sha256(extra)
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(name.encode())
