@@ -24,7 +24,7 @@ from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.index import Doc2LoRAIndex as CoreIndex
 from doc2lora_rag.router import Router
 from doc2lora_rag.store import AdapterStore
-from langchain_doc2lora.runtime import open_index
+from langchain_doc2lora.runtime import core_index, open_index
 from llama_index_doc2lora.llm import Doc2LoRALLM
 from llama_index_doc2lora.query_engine import Doc2LoRAQueryEngine
 from llama_index_doc2lora.retriever import REF_DOC_HASH, REF_DOC_ID, RESERVED_KEYS, Doc2LoRARetriever
@@ -250,11 +250,17 @@ class Doc2LoRAIndex(BaseManagedIndex):
 
     def _llm_for(self, llm: Any) -> Any:
         """The LLM an engine of this index uses: by default this index's; an unbound
-        :class:`Doc2LoRALLM` bound to this index; any other LLM as it is."""
+        :class:`Doc2LoRALLM` bound to this index; any other LLM as it is. A Doc2LoRALLM bound
+        to another store is refused: it could not load this index's adapters."""
         if llm is None:
             return self.as_llm()
         if isinstance(llm, Doc2LoRALLM) and llm.index is None:
             return llm.model_copy(update={"index": self})
+        if isinstance(llm, Doc2LoRALLM) and core_index(llm.index).store.path != self.core.store.path:
+            raise ValueError(
+                f"the llm is bound to the store {core_index(llm.index).store.path}, not this index's "
+                f"{self.core.store.path}; pass an unbound Doc2LoRALLM or this index's as_llm()"
+            )
         return llm
 
     def as_query_engine(self, llm: Any = None, **kwargs: Any) -> BaseQueryEngine:

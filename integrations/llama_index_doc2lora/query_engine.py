@@ -61,6 +61,8 @@ class Doc2LoRAQueryEngine(BaseQueryEngine):
                 response_gen=(p.delta for p in pieces if p.delta), source_nodes=nodes, metadata=metadata
             )
         result = self.llm.complete(query_bundle.query_str, **options)
+        used = result.raw["adapter_ids"]  # a node deleted since retrieval has no adapter left
+        metadata.update(adapter_ids=used, base_model_only=not used)
         metadata["prompt_tokens"] = result.raw["prompt_tokens"]
         metadata["completion_tokens"] = result.raw["completion_tokens"]
         return Response(response=result.text, source_nodes=nodes, metadata=metadata)

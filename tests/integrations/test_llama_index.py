@@ -139,6 +139,25 @@ def test_an_unbound_llm_is_bound_and_embed_model_ignored(documents, text_engine)
     assert response.response == index.as_query_engine(max_new_tokens=TOKENS).query(QUESTION).response
 
 
+def test_an_llm_bound_to_another_store_is_refused(index, documents, text_engine):
+    """It could not load this index's adapters: its answers would silently come without them."""
+    other = Doc2LoRAIndex.from_documents(documents[:1], engine=text_engine)
+    for make in (index.as_query_engine, index.as_chat_engine):
+        with pytest.raises(ValueError, match="bound to the store"):
+            make(llm=other.as_llm())
+    assert index.as_query_engine(llm=index.as_llm(max_new_tokens=TOKENS)).query(QUESTION).metadata["adapter_ids"]
+
+
+def test_a_node_deleted_after_retrieval_is_not_reported_as_used(index, monkeypatch):
+    engine = index.as_query_engine(max_new_tokens=TOKENS)
+    nodes = engine.retriever.retrieve(QUESTION)
+    assert nodes
+    index.delete_nodes([n.node.node_id for n in nodes])
+    monkeypatch.setattr(engine.retriever, "retrieve", lambda _query: nodes)
+    response = engine.query(QUESTION)
+    assert response.metadata["adapter_ids"] == [] and response.metadata["base_model_only"]
+
+
 def test_other_llms_get_the_standard_engine(index):
     engine = index.as_query_engine(llm=MockLLM(max_tokens=4))
     assert isinstance(engine, RetrieverQueryEngine)
