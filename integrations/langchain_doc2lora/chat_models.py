@@ -166,7 +166,10 @@ class ChatDoc2LoRA(BaseChatModel):
         override = kwargs.get("model")
         if override is not None and override != self.model_name:
             raise ValueError(f"ChatDoc2LoRA serves {self.model_name!r} only, not {override!r}")
-        max_new_tokens = kwargs.get("max_tokens") or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
+        per_call = kwargs.get("max_tokens")
+        if per_call is not None and per_call < 1:  # 0 would otherwise fall back to the default
+            raise ValueError("max_tokens must be positive")
+        max_new_tokens = per_call or self.max_tokens or DEFAULT_MAX_NEW_TOKENS
         engine = self._resolve_engine()
         turns = [_turn(message) for message in messages]
         adapter, ids = None, []

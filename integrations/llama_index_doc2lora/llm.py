@@ -34,7 +34,16 @@ from langchain_doc2lora.runtime import (
     render_turns,
 )
 
-_ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant"}
+# Other providers' names for the same turns: OpenAI's developer is a system turn; Cohere's
+# chatbot and Gemini's model are assistant turns.
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+}
 
 
 class Doc2LoRALLM(CustomLLM):

@@ -352,6 +352,8 @@ def test_refuses_what_it_cannot_read(text_engine):
         llm.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="1")])
     with pytest.raises(ValueError, match="serves"):
         llm.invoke("hi", model="gpt-4o")
+    with pytest.raises(ValueError, match="max_tokens must be positive"):
+        llm.invoke("hi", max_tokens=0)
     with pytest.raises(TypeError, match="Doc2LoRAIndex"):
         ChatDoc2LoRA(index="not an index")
     with warnings.catch_warnings(record=True) as caught:

@@ -263,6 +263,8 @@ def test_llm_recognises_node_text_in_prompts(index, text_engine):
     assert streamed[-1].message.content == chat.message.content
     with pytest.raises(ValueError, match="tool"):
         llm.chat([ChatMessage(role=MessageRole.TOOL, content="42")])
+    renamed = [ChatMessage(role=MessageRole.DEVELOPER, content=text), ChatMessage(role="user", content=QUESTION)]
+    assert llm.chat(renamed).message.content == chat.message.content  # developer: a system turn
 
 
 def test_stock_retriever_query_engine_gets_adapters(index, monkeypatch):
