@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,15 @@ def test_unsupported_and_unreadable_files(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(Path, "read_bytes", denied)  # chmod does not stop root, which runs CI
     with pytest.raises(ReadError, match="permission denied"):
         read_file(secret)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_discover_skips_named_pipes_in_folders(tmp_path: Path) -> None:
+    """Reading a FIFO blocks until something writes to it: a walk must pass over it."""
+    (tmp_path / "a.txt").write_text("x")
+    os.mkfifo(tmp_path / "pipe.txt")
+    found = discover([tmp_path], SUPPORTED_SUFFIXES)
+    assert [p.name for p in found.files] == ["a.txt"] and found.ignored == 1
 
 
 def test_discover_walks_folders_with_globs_and_reports_missing_paths(tmp_path: Path) -> None:

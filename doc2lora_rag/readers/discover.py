@@ -50,6 +50,9 @@ def discover(paths: Sequence[str | os.PathLike], suffixes: Iterable[str], globs:
                 if name.startswith(".") or path.suffix.lower() not in suffixes or not _matches(relative, globs):
                     result.ignored += 1
                     continue
+                if not path.is_file():  # a named pipe or socket in the folder would block the read forever
+                    result.ignored += 1
+                    continue
                 found[str(path)] = path
     result.files = [found[key] for key in sorted(found)]
     return result
