@@ -229,6 +229,22 @@ def test_store_refuses_another_base_model_or_hypernetwork(tmp_path, tiny_engine,
     assert reopened.ids() == ["doc-0", "doc-1", "doc-2"] and reopened.verify() == {}
 
 
+def test_an_unbound_store_takes_the_model_of_its_first_adapter(tmp_path, tiny_engine, adapters):
+    """Used without an engine, a store must still never mix two models' adapters."""
+    store = AdapterStore(tmp_path / "s")
+    assert store.fingerprints is None
+    store.put("doc-0", DOCS[0], {}, adapters[0])
+    assert store.fingerprints == {
+        "base_model_name": tiny_engine.base.name,
+        "base_fingerprint": tiny_engine.fingerprint,
+        "hypernet_fingerprint": tiny_engine.hypernet.fingerprint,
+    }
+    other = make_tiny_engine(seed=1, source_layers="all")
+    with pytest.raises(IncompatibleModelError):
+        store.put("x", "another model's document", {}, other.internalize("another model's document"))
+    assert store.ids() == ["doc-0"] and store.verify() == {}
+
+
 # ------------------------------------------------------------------ bad stores
 
 

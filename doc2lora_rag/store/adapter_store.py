@@ -245,8 +245,8 @@ class AdapterStore:
         content_hash: str | None = None,
     ) -> StoredDocument:
         """Insert or replace one document and its adapter atomically."""
-        self._check_adapter(adapter)
         with self.writing():
+            self._check_adapter(adapter)  # under the lock: another writer may bind the store meanwhile
             name = uuid.uuid4().hex
             staged = self.tmp_dir / name
             try:
@@ -328,8 +328,12 @@ class AdapterStore:
         return removed
 
     def _check_adapter(self, adapter: LoRAAdapter) -> None:
+        """An unbound store takes the model of its first adapter; a bound one refuses others'."""
         recorded = self.fingerprints
-        if recorded is not None and (
+        if recorded is None:
+            self.bind(adapter.base_model_name, adapter.base_fingerprint, adapter.hypernet_fingerprint)
+            return
+        if (
             adapter.base_fingerprint != recorded["base_fingerprint"]
             or adapter.hypernet_fingerprint != recorded["hypernet_fingerprint"]
         ):
