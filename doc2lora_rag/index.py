@@ -142,6 +142,9 @@ class Doc2LoRAIndex:
         lock_timeout: float = 60.0,
         create: bool = True,
     ):
+        self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
+        if engine is not None:
+            self._check_max_chars(engine)  # before the store is created
         if isinstance(store, AdapterStore):
             self.store = store
         else:
@@ -151,7 +154,6 @@ class Doc2LoRAIndex:
         self.max_chunks = None if max_chunks is None else _check_k(max_chunks, "max_chunks")
         self.max_new_tokens = max_new_tokens
         self.batch_size = max(1, batch_size)
-        self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
         self._engine: Doc2LoRA | None = None
         self._engine_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
@@ -201,8 +203,17 @@ class Doc2LoRAIndex:
         return self._engine
 
     def _attach(self, engine: Doc2LoRA) -> None:
+        self._check_max_chars(engine)
         self.store.bind(engine.base.name, engine.fingerprint, engine.hypernet.fingerprint)
         self._engine = engine
+
+    def _check_max_chars(self, engine: Doc2LoRA) -> None:
+        """Documents the index accepts but the engine refuses would fail mid-ingest."""
+        if self.max_chars > engine.max_chars:
+            raise ValueError(
+                f"max_chars={self.max_chars:,} is over the engine's limit of {engine.max_chars:,}; "
+                "raise engine.max_chars first"
+            )
 
     def close(self) -> None:
         self.store.close()

@@ -432,3 +432,16 @@ def test_a_long_document_answers_with_its_matching_chunks(tmp_path, tiny_engine)
     assert everything._plan(question, None, None, None)[0].num_chunks == whole.num_chunks
     with pytest.raises(ValueError, match="max_chunks must be"):
         Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, max_chunks=0)
+
+
+def test_a_max_chars_over_the_engines_is_refused_before_anything_is_stored(tmp_path, tiny_engine, monkeypatch):
+    """The engine would refuse such documents mid-ingest, after earlier batches were stored."""
+    over = tiny_engine.max_chars + 1
+    with pytest.raises(ValueError, match="over the engine's limit"):
+        Doc2LoRAIndex.from_documents(["The ferry runs."], store=tmp_path / "kb", engine=tiny_engine, max_chars=over)
+    assert not (tmp_path / "kb").exists()
+    lazy = Doc2LoRAIndex(tmp_path / "lazy", max_chars=over)  # the engine loads on first use
+    monkeypatch.setattr(Doc2LoRA, "from_pretrained", classmethod(lambda cls, **_: tiny_engine))
+    with pytest.raises(ValueError, match="over the engine's limit"):
+        lazy.add_documents(["The ferry leaves at noon."])
+    assert len(lazy) == 0 and lazy.store.fingerprints is None
