@@ -212,6 +212,23 @@ def test_a_text_file_too_large_for_max_chars_is_refused_unread(tiny, corpus, tmp
     }
 
 
+def test_max_chars_reaches_the_engine(tiny, tmp_path, monkeypatch) -> None:
+    """A document --max-chars accepts must not be refused later by the engine's own limit."""
+    from doc2lora_rag.engine import Doc2LoRA
+
+    loaded = Doc2LoRA.from_pretrained.__func__
+
+    def small_limit(cls, **kwargs):
+        engine = loaded(cls, **kwargs)
+        engine.max_chars = 100  # an engine whose default limit is below the option's
+        return engine
+
+    monkeypatch.setattr(Doc2LoRA, "from_pretrained", classmethod(small_limit))
+    (tmp_path / "long.txt").write_text("The ferry to Vell leaves at noon. " * 10)
+    result, summary = ingest(tiny, tmp_path / "store", tmp_path / "long.txt", extra=("--max-chars", "1000"))
+    assert result.exit_code == 0 and summary["failed"] == [] and summary["added"] == 1
+
+
 def test_a_store_inside_the_ingested_folder_is_not_read_as_documents(tiny, corpus, tmp_path) -> None:
     """Its adapter_config.json files used to fail as JSON documents on every re-run (exit 1)."""
     store = corpus / "kb"

@@ -28,19 +28,21 @@ class EngineLoadError(Doc2LoRAError):
 @dataclass(frozen=True)
 class EngineSpec:
     """Where the engine comes from: a base model (HF id or folder; None = embedded default),
-    a hypernetwork folder (None = shipped, or fresh where none fits), device and threads."""
+    a hypernetwork folder (None = shipped, or fresh where none fits), device and threads, and
+    the longest document it reads (None = the engine's default)."""
 
     base_model: str | None = None
     hypernet: str | None = None
     device: str | None = None
     threads: int | None = None
+    max_chars: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
-        return cls(**{k: data.get(k) for k in ("base_model", "hypernet", "device", "threads")})
+        return cls(**{k: data.get(k) for k in ("base_model", "hypernet", "device", "threads", "max_chars")})
 
     @classmethod
     def resolve(
@@ -80,6 +82,8 @@ class EngineSpec:
         for item in caught:
             if warn is not None and issubclass(item.category, UserWarning):
                 warn(str(item.message))
+        if self.max_chars:  # what the scan accepted, the engine must read
+            engine.max_chars = self.max_chars
         return engine
 
     def untrained(self, engine) -> bool:

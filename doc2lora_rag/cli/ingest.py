@@ -92,7 +92,7 @@ def ingest(
         typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
     def make_builder() -> Builder:
-        spec = EngineSpec.resolve(opened, base_model, hypernet, threads=threads)
+        spec = EngineSpec.resolve(opened, base_model, hypernet, threads=threads, max_chars=max_chars)
         if ray:
             from doc2lora_rag.cli.ray_ingest import RayBuilder
 
