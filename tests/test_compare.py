@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doc2lora_rag.cli import app
-from doc2lora_rag.evaluation.compare import Z_95, compare_results, paired_half_width
+from doc2lora_rag.evaluation.compare import Z_95, compare_results, paired_half_width, t_95
 
 
 def _evaluation(f1: list[float], questions: list[str] | None = None, needles: list[float] | None = None) -> dict:
@@ -30,14 +30,21 @@ def _evaluation(f1: list[float], questions: list[str] | None = None, needles: li
     return results
 
 
-def test_half_width_is_the_normal_interval_of_the_mean_difference() -> None:
+def test_half_width_is_the_t_interval_of_the_mean_difference() -> None:
     before, after = [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]
-    # differences 1, 0, 1, 0: mean 0.5, sample variance 1/3
-    assert paired_half_width(before, after) == pytest.approx(Z_95 * math.sqrt((1 / 3) / 4))
+    # differences 1, 0, 1, 0: mean 0.5, sample variance 1/3; t quantile with 3 degrees of freedom
+    assert paired_half_width(before, after) == pytest.approx(3.182446 * math.sqrt((1 / 3) / 4))
     assert paired_half_width([0.2, 0.4], [0.3, 0.5]) == pytest.approx(0.0)  # the same shift everywhere
     assert paired_half_width([1.0], [0.0]) == math.inf
     with pytest.raises(ValueError, match="equal lengths"):
         paired_half_width([1.0, 0.0], [1.0])
+
+
+def test_t_quantile_matches_the_tables_and_tends_to_the_normal() -> None:
+    # Student's t, two-sided 95%: 1, 2, 9 (10 needles), 39 (40 questions), 119 degrees of freedom
+    table = {1: 12.7062, 2: 4.3027, 9: 2.2622, 39: 2.0227, 119: 1.9801}
+    assert {df: round(t_95(df), 4) for df in table} == table
+    assert t_95(100_000) == pytest.approx(Z_95, abs=1e-4)
 
 
 def test_a_shift_on_every_question_is_significant_and_a_noisy_one_is_not() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from doc2lora_rag.evaluation.metrics import (
     number_answer_kind,
     token_f1,
 )
-from doc2lora_rag.training.data import QARecord
+from doc2lora_rag.training.data import QARecord, squad_records
 
 
 def test_normalize_answer() -> None:
@@ -134,6 +136,20 @@ def test_unrelated_adapter_mode_uses_another_documents_adapter() -> None:
     report = evaluate_qa(_Recording({}), records, modes=["unrelated_adapter"], progress=False)
     assert dict(seen) == {"q1?": "adapter:doc two", "q2?": "adapter:doc one"}
     assert report.scores["unrelated_adapter"]["contains"] == pytest.approx(0.5)
+
+
+def test_squad_answers_are_scored_against_every_accepted_answer(tmp_path: Path) -> None:
+    """SQuAD lists up to three answers per question; the official script takes the best match."""
+    answers = [{"text": "Denver Broncos"}, {"text": "Broncos"}, {"text": "Denver Broncos"}]
+    paragraph = {"context": "The Denver Broncos won.", "qas": [{"question": "Who won?", "answers": answers}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}))
+    (record,) = squad_records(path, "all")
+    assert record.answer == "Denver Broncos"  # a gold training target stays the first answer
+    report = evaluate_qa(
+        _ScriptedEngine({("in_context", "Who won?"): "the Broncos"}), [record], modes=["in_context"], progress=False
+    )
+    assert report.scores["in_context"] == {"f1": 1.0, "contains": 1.0}
 
 
 def test_evaluate_qa_rejects_unknown_modes() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,19 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:
     trainer.train(minutes=0)  # spent at once: one step, then stop
     state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
     assert trainer.step == state["step"] == 1
+
+
+def test_a_save_cut_short_neither_loses_the_checkpoint_nor_blocks_the_next_save(tmp_path: Path) -> None:
+    Trainer(_config(tmp_path, 10), base=tiny_base_model(max_positions=512), progress=False).train(until=5)
+    checkpoint, old = tmp_path / "checkpoint", tmp_path / "checkpoint.old"
+    checkpoint.rename(old)  # cut short between its two renames: only checkpoint.old is complete
+    trainer = Trainer(_config(tmp_path, 10), base=tiny_base_model(max_positions=512), progress=False)
+    assert trainer.step == 5
+    trainer.train(until=6)
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 6 and not old.exists()
+    shutil.copytree(checkpoint, old)  # cut short while removing checkpoint.old
+    trainer.train(until=7)
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 7 and not old.exists()
 
 
 def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

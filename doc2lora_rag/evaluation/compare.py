@@ -2,8 +2,10 @@
 
 On 40 questions a mean F1 moves by a few hundredths between two networks from the luck of the
 draw alone. Scoring both networks on the same questions and looking at each question's
-difference tells a change from that noise: the interval below is the normal approximation of
-the mean paired difference, which is what a shipping decision needs to read.
+difference tells a change from that noise: the interval below is Student's t interval of the
+mean paired difference (its spread is estimated from the same few questions, so the normal
+quantile would make it too narrow: by 3% on 40 questions, by 15% on 10 needles), which is what a
+shipping decision needs to read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
-Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
+Z_95 = 1.959964  # two-sided 95% quantile of the standard normal, the limit of ``t_95`` for many values
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,40 @@ def standard_error(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def t_95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom: bisection on
+    P(|T| < t) in closed form for whole ``df`` (Abramowitz and Stegun 26.7.3-4; no SciPy)."""
+
+    def central_mass(t: float) -> float:
+        theta = math.atan(t / math.sqrt(df))
+        cos2, total = math.cos(theta) ** 2, 0.0
+        if df % 2:  # odd: (2 / pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+            term = math.sin(theta) * math.cos(theta)
+            for k in range(1, (df - 1) // 2 + 1):
+                total += term
+                term *= cos2 * 2 * k / (2 * k + 1)
+            return 2 / math.pi * (theta + total)
+        term = math.sin(theta)  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        for k in range(1, df // 2 + 1):
+            total += term
+            term *= cos2 * (2 * k - 1) / (2 * k)
+        return total
+
+    low, high = 0.0, 16.0
+    while central_mass(high) < 0.95:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if central_mass(middle) < 0.95 else (low, middle)
+    return (low + high) / 2
+
+
 def paired_half_width(before: Sequence[float], after: Sequence[float]) -> float:
-    """Half-width of the 95% interval of the mean of ``after[i] - before[i]``."""
+    """Half-width of the 95% t interval of the mean of ``after[i] - before[i]``."""
     if len(before) != len(after):
         raise ValueError(f"paired scores need equal lengths, got {len(before)} and {len(after)}")
-    return Z_95 * standard_error([a - b for a, b in zip(after, before, strict=True)])
+    error = standard_error([a - b for a, b in zip(after, before, strict=True)])
+    return error if math.isinf(error) else t_95(len(before) - 1) * error
 
 
 def compare_results(before: dict, after: dict) -> list[Difference]:

@@ -96,7 +96,7 @@ def evaluate_qa(
             contexts = list(by_context)
             adapters = {c: own[contexts[(i + 1) % len(contexts)]] for i, c in enumerate(contexts)}
         answers[mode] = _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress)
-        report.per_question[mode] = _answer_scores(answers[mode], [r.answer for r in records])
+        report.per_question[mode] = _answer_scores(answers[mode], [r.gold_answers for r in records])
         if likelihood:
             report.per_question[mode]["nll"] = answer_nll(
                 engine,

@@ -25,7 +25,9 @@ class QARecord:
     """One training or evaluation example.
 
     ``teacher_sees_context`` is False for unrelated questions: their target is what the base
-    model answers without any document.
+    model answers without any document. ``alternatives`` are further accepted answers (SQuAD
+    lists up to three per question): evaluation scores the best match, as SQuAD's official
+    script does; training uses ``answer`` alone.
     """
 
     context: str
@@ -33,6 +35,12 @@ class QARecord:
     answer: str | None = None
     source: str = "custom"
     teacher_sees_context: bool = True
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def gold_answers(self) -> list[str]:
+        """Every accepted answer, ``answer`` first."""
+        return [a for a in (self.answer, *self.alternatives) if a is not None]
 
     @property
     def key(self) -> str:
@@ -62,8 +70,9 @@ def squad_records(path: str | Path, split: str = "train", per_paragraph: int | N
     for article in articles:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"][:per_paragraph]:
-                answer = qa["answers"][0]["text"] if qa.get("answers") else None
-                records.append(QARecord(paragraph["context"], qa["question"], answer, "squad"))
+                answers = list(dict.fromkeys(a["text"] for a in qa.get("answers", [])))
+                answer, others = (answers[0], tuple(answers[1:])) if answers else (None, ())
+                records.append(QARecord(paragraph["context"], qa["question"], answer, "squad", alternatives=others))
     return records
 
 

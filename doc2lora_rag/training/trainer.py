@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from collections import OrderedDict
@@ -198,7 +199,7 @@ class Trainer:
 
     def _load_or_create_hypernet(self) -> tuple[HyperNetwork, bool]:
         """The run's checkpointed hypernetwork, or a fresh one (second value True)."""
-        checkpoint = self.out / "checkpoint"
+        checkpoint = self._checkpoint_dir()
         if (checkpoint / "hypernet_config.json").is_file():
             fingerprint = model_fingerprint(self.base.model)
             return HyperNetwork.from_pretrained(checkpoint, base_fingerprint=fingerprint), False
@@ -218,12 +219,19 @@ class Trainer:
             raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {missing + unexpected}")
         return network, False
 
+    def _checkpoint_dir(self) -> Path:
+        """``checkpoint/``, or ``checkpoint.old/`` where a save was cut short between its two
+        renames (then it holds the last complete checkpoint, and nothing else does)."""
+        final, old = self.out / "checkpoint", self.out / "checkpoint.old"
+        return old if not final.exists() and (old / "trainer_state.json").is_file() else final
+
     def _resume_if_possible(self) -> None:
-        state_path = self.out / "checkpoint" / "trainer_state.json"
+        checkpoint = self._checkpoint_dir()
+        state_path = checkpoint / "trainer_state.json"
         if not state_path.is_file():
             return
         state = json.loads(state_path.read_text())
-        tensors = load_file(self.out / "checkpoint" / "optimizer.safetensors", device=str(self.device))
+        tensors = load_file(checkpoint / "optimizer.safetensors", device=str(self.device))
         self.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], tensors))
         self.step = state["step"]
 
@@ -543,12 +551,12 @@ class Trainer:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "optimizer": layout}))
         old = self.out / "checkpoint.old"
         if final.exists():
+            if old.exists():  # left by a save cut short while removing it: it would block the rename
+                shutil.rmtree(old)
             final.rename(old)
         tmp.rename(final)
         if old.exists():
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
         plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
 
 
