@@ -156,7 +156,9 @@ class Doc2LoRAIndex:
         self.batch_size = max(1, batch_size)
         self._engine: Doc2LoRA | None = None
         self._engine_lock = threading.Lock()
-        self._snapshot_lock = threading.Lock()
+        # Held from fitting through searching: a refit in another thread between the two
+        # would score the new corpus against the old one's ids and filter mask.
+        self._snapshot_lock = threading.RLock()
         self._snapshot: _Snapshot | None = None
         if engine is not None:
             self._attach(engine)
@@ -344,11 +346,11 @@ class Doc2LoRAIndex:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         filters = check_filters(filters)
-        snapshot = self._current()
-        allowed = None if filters is None else [matches(m, filters) for m in snapshot.metadata]
-        return self.router.search(
-            question, self.k if k is None else _check_k(k), allowed=allowed, min_score=min_score
-        )
+        k = self.k if k is None else _check_k(k)
+        with self._snapshot_lock:
+            snapshot = self._current()
+            allowed = None if filters is None else [matches(m, filters) for m in snapshot.metadata]
+            return self.router.search(question, k, allowed=allowed, min_score=min_score)
 
     def retrieve(
         self,

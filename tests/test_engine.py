@@ -141,6 +141,32 @@ def test_generate_batch_per_row_equals_one_by_one(tiny_engine: Doc2LoRA) -> None
         tiny_engine.generate_batch(questions, adapters=[first], max_new_tokens=2)
 
 
+def test_generate_batch_with_a_stop_string_counts_each_rows_own_tokens() -> None:
+    """A row that meets a stop string is padded while the others go on; those pads are not its
+    tokens, so the batch must report what the row generated alone."""
+    engine = make_text_engine(seed=4)
+    docs = ["Harrow Point light was first lit in 1872.", "The Heron's Wake carries sixty cars."]
+    row_adapters = [engine.internalize(docs[0]), engine.internalize(docs[1]), None]
+    questions = ["What do you know?", "Tell me about the ferry and the lighthouse please.", "Hi"]
+    rows = list(zip(questions, row_adapters, strict=True))
+    free = [engine.complete(q, adapters=a, max_new_tokens=16).text for q, a in rows]
+    stop = [free[0][:2]]
+    alone = [engine.complete(q, adapters=a, max_new_tokens=16, stop=stop) for q, a in rows]
+    assert alone[0].finish_reason == "stop" and any(c.finish_reason == "length" for c in alone)
+    assert engine.generate_batch(questions, adapters=row_adapters, max_new_tokens=16, stop=stop) == alone
+
+
+def test_the_stream_cancel_check_answers_on_the_ids_device() -> None:
+    """transformers ORs every stopping criterion into a tensor on the ids' device: a CPU answer
+    breaks every stream on a GPU (the meta device stands in for one here)."""
+    from transformers import StoppingCriteriaList
+
+    from doc2lora_rag.generation.generate import _Cancelled
+
+    ids = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    assert StoppingCriteriaList([_Cancelled()])(ids, None).device == ids.device
+
+
 # ------------------------------------------------------------------ chunking past the window
 
 

@@ -338,6 +338,43 @@ def test_routing_follows_writes(index):
     assert index.retrieve("zeppelin hangar") == []
 
 
+def test_a_refit_in_another_thread_does_not_mix_up_a_routing_in_progress(index):
+    """Thread A routes with a filter; a write lands and thread B's question refits the router
+    before A has scored: A must still score the corpus its ids and filter mask belong to."""
+    import threading
+
+    entered, release, result = threading.Event(), threading.Event(), {}
+    original = index.router.scores
+
+    def slow_scores(question: str):
+        if question.startswith("Who logs"):
+            entered.set()
+            release.wait(10)
+        return original(question)
+
+    def route_a() -> None:
+        try:
+            result["hits"] = index.route("Who logs the tide at the lighthouse?", filters={"topic": "sea"})
+        except Exception as error:  # reported below
+            result["error"] = error
+
+    index.route("warm up the router")
+    index.router.scores = slow_scores
+    a = threading.Thread(target=route_a)
+    a.start()
+    assert entered.wait(10)
+    index.add_documents(["The zeppelin hangar at Orsk is empty."], ids=["zep"])
+    b = threading.Thread(target=index.route, args=("zeppelin hangar",))
+    b.start()
+    b.join(timeout=1)  # unguarded, B refits the router at once
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert "error" not in result, result.get("error")
+    assert [h.id for h in result["hits"]] == ["light"]
+    assert index.retrieve("zeppelin hangar")[0].id == "zep"
+
+
 # ------------------------------------------------------------------ stores, engines, damage
 
 

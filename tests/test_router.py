@@ -100,6 +100,14 @@ def test_bm25_refits_and_handles_an_empty_corpus():
     assert [h.id for h in router.search("lighthouse keeper", k=3)] == ["d0"]
 
 
+def test_bm25_fits_a_corpus_without_a_single_indexable_word():
+    """A store holding only stopwords and one-letter words must not fail every question."""
+    router = BM25Router()
+    router.fit(corpus(["To be, or not to be.", "A"]))
+    assert router.search("Who wrote it?", k=3) == []
+    assert router.scores("to be or not").tolist() == [0.0, 0.0]
+
+
 def test_all_router_returns_every_allowed_document_and_ignores_k():
     router = AllRouter()
     router.fit(corpus())
@@ -136,6 +144,15 @@ def test_filters_are_exact_matches_after_a_json_round_trip():
     assert not matches(metadata, {"source": "faq"})
     assert not matches(metadata, {"author": None})  # a missing key never matches
     assert matches(metadata, None)
+
+
+def test_filters_tell_json_true_from_one():
+    """``true`` and ``1`` are different JSON values, though Python's ``True == 1``."""
+    metadata = {"draft": 1, "public": True, "flags": [True, 0], "year": 2024}
+    assert not matches(metadata, {"draft": True})
+    assert not matches(metadata, {"public": 1})
+    assert not matches(metadata, {"flags": [1, False]})
+    assert matches(metadata, {"draft": 1, "public": True, "flags": [True, 0], "year": 2024.0})
 
 
 needs_embeddings = pytest.mark.skipif(

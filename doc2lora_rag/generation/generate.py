@@ -58,10 +58,16 @@ class _StopStrings(StoppingCriteria):
 
     def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int) -> None:
         self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+        # row -> tokens it had generated when a stop string appeared: the batch pads a
+        # stopped row while other rows go on, and those pads are not the row's tokens.
+        self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
+        done = [any(s in text for s in self.stop) for text in texts]
+        for row in (row for row, hit in enumerate(done) if hit):
+            self.stopped_at.setdefault(row, input_ids.shape[1] - self.prompt_length)
+        return torch.tensor(done, device=input_ids.device)
 
 
 def _criteria(tokenizer, stop: Sequence[str] | None, prompt_length: int, *extra) -> StoppingCriteriaList:
@@ -76,7 +82,8 @@ class _Cancelled(StoppingCriteria):
         self.event = threading.Event()
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        # On the ids' device: transformers ORs it with a tensor there (a CUDA one on a GPU).
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @torch.inference_mode()
@@ -100,14 +107,17 @@ def complete(
     ).to(base.device)
     config = _generation_config(base, max_new_tokens)
     prompt_length = batch["input_ids"].shape[1]
+    stops = _StopStrings(tokenizer, stop, prompt_length) if stop else None
     with model_lock(base.model), adapters_attached(base.model, adapters, per_row=per_row):
         output = base.model.generate(
-            **batch, generation_config=config, stopping_criteria=_criteria(tokenizer, stop, prompt_length)
+            **batch, generation_config=config, stopping_criteria=StoppingCriteriaList([stops] if stops else [])
         )
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     eos_ids = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
     completions = []
     for row, tokens in enumerate(new_tokens.tolist()):
+        if stops is not None and row in stops.stopped_at:
+            tokens = tokens[: stops.stopped_at[row]]
         ended = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
         used = tokens if ended is None else tokens[:ended]
         text, stopped = cut_at_stop(tokenizer.decode(used, skip_special_tokens=True), stop)

@@ -64,6 +64,9 @@ class BM25Router(Router):
             return
         tokens = self._tokens(list(corpus.texts))
         self._df = Counter(term for doc in tokens for term in set(doc))
+        if not self._df:  # only stopwords and one-letter words: bm25s cannot index that
+            self._index = None
+            return
         index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         index.index(tokens, show_progress=False)
         self._index = index

@@ -28,4 +28,15 @@ def matches(metadata: Mapping[str, Any], filters: Mapping[str, Any] | None) -> b
     """True when every filter key is present in ``metadata`` with an equal value."""
     if not filters:
         return True
-    return all(key in metadata and metadata[key] == value for key, value in filters.items())
+    return all(key in metadata and _same(metadata[key], value) for key, value in filters.items())
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    """Equal as JSON values: Python's ``True == 1`` would let a filter for ``true`` match ``1``."""
+    if isinstance(stored, bool) or isinstance(wanted, bool):
+        return type(stored) is type(wanted) and stored == wanted
+    if isinstance(stored, list) and isinstance(wanted, list):
+        return len(stored) == len(wanted) and all(map(_same, stored, wanted))
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return stored.keys() == wanted.keys() and all(_same(stored[k], wanted[k]) for k in stored)
+    return stored == wanted
