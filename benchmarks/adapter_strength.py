@@ -72,7 +72,7 @@ def measure(engine, sources, made, general, general_docs, references, setting) -
     adapters = {text: reweighted(ad, references, chunk, bias, guide) for text, ad in made.items()}
     row: dict = {}
     for name, records in sources.items():
-        questions, golds = [r.question for r in records], [r.answer for r in records]
+        questions, golds = [r.question for r in records], [r.gold_answers for r in records]
         documents = list(dict.fromkeys(r.context for r in records))
         next_document = dict(zip(documents, documents[1:] + documents[:1], strict=True))  # as eval's unrelated_adapter
         own = [adapters[r.context] for r in records]

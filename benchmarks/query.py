@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import statistics
-import string
 import tempfile
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag import Doc2LoRA, Doc2LoRAIndex
+from doc2lora_rag.evaluation.metrics import answer_contains, token_f1
 from doc2lora_rag.router.bm25 import STOPWORDS
 
 SQUAD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
@@ -67,7 +65,7 @@ class ModeResult:
     peak_rss: list[int] = field(default_factory=list)
     peak_rss_absolute: list[int] = field(default_factory=list)
     f1: list[float] = field(default_factory=list)
-    contains: list[bool] = field(default_factory=list)
+    contains: list[float] = field(default_factory=list)
     routed_gold: list[bool] = field(default_factory=list)
     base_only: list[bool] = field(default_factory=list)
 
@@ -102,27 +100,6 @@ def load_samples(path: Path, n: int) -> list[Sample]:
 
 
 # ------------------------------------------------------------------ quality (SQuAD style)
-
-
-def normalise(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    predicted, wanted = normalise(prediction).split(), normalise(gold).split()
-    common = sum((Counter(predicted) & Counter(wanted)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(wanted)
-    return 2 * precision * recall / (precision + recall)
-
-
-def score(prediction: str, answers: list[str]) -> tuple[float, bool]:
-    f1 = max(token_f1(prediction, a) for a in answers)
-    contains = any(normalise(a) and normalise(a) in normalise(prediction) for a in answers)
-    return f1, contains
 
 
 # ------------------------------------------------------------------ measurement
@@ -250,7 +227,7 @@ def run(args: argparse.Namespace) -> None:
             result.prompt_tokens.append(output.prompt_tokens)
             result.peak_rss.append(memory.growth)
             result.peak_rss_absolute.append(memory.peak)
-            f1, contains = score(output.text, sample.answers)
+            f1, contains = token_f1(output.text, sample.answers), answer_contains(output.text, sample.answers)
             result.f1.append(f1)
             result.contains.append(contains)
             if routed_gold is not None:

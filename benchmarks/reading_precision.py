@@ -71,8 +71,9 @@ def main() -> None:
                 answers[dtype].append(answer)
         scores = {}
         for dtype, said in answers.items():
-            contains = sum(answer_contains(a, r.answer) for a, r in zip(said, records, strict=True)) / len(records)
-            f1 = sum(token_f1(a, r.answer) for a, r in zip(said, records, strict=True)) / len(records)
+            pairs = list(zip(said, records, strict=True))
+            contains = sum(answer_contains(a, r.gold_answers) for a, r in pairs) / len(records)
+            f1 = sum(token_f1(a, r.gold_answers) for a, r in pairs) / len(records)
             scores[dtype] = f"{contains:.3f} / {f1:.3f}"
         same = sum(a == b for a, b in zip(*answers.values(), strict=True)) / len(records)
         fp32, bf16 = seconds[torch.float32], seconds[torch.bfloat16]
