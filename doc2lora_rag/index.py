@@ -142,6 +142,10 @@ class Doc2LoRAIndex:
         lock_timeout: float = 60.0,
         create: bool = True,
     ):
+        # Settings are checked before the store folder is made: a bad one leaves nothing behind.
+        self.k = _check_k(k)
+        self.max_chunks = None if max_chunks is None else _check_k(max_chunks, "max_chunks")
+        self.max_new_tokens = _check_k(max_new_tokens, "max_new_tokens")
         self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
         if engine is not None:
             self._check_max_chars(engine)  # before the store is created
@@ -150,9 +154,6 @@ class Doc2LoRAIndex:
         else:
             self.store = AdapterStore(store, create=create, cache_size=cache_size, lock_timeout=lock_timeout)
         self.router = make_router(router, **({} if threshold is None else {"threshold": threshold}))
-        self.k = _check_k(k)
-        self.max_chunks = None if max_chunks is None else _check_k(max_chunks, "max_chunks")
-        self.max_new_tokens = max_new_tokens
         self.batch_size = max(1, batch_size)
         self._engine: Doc2LoRA | None = None
         self._engine_lock = threading.Lock()
@@ -403,6 +404,10 @@ class Doc2LoRAIndex:
 
     # ---------------------------------------------------------------- answering
 
+    def _budget(self, max_new_tokens: int | None) -> int:
+        """The call's token budget: its own (0 is refused, not taken for "default") or the index's."""
+        return self.max_new_tokens if max_new_tokens is None else _check_k(max_new_tokens, "max_new_tokens")
+
     def query(
         self,
         question: str,
@@ -410,15 +415,14 @@ class Doc2LoRAIndex:
         k: int | None = None,
         filters: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         min_score: float | None = None,
     ) -> Answer:
         """Answer with the top-``k`` routed adapters attached, or the base model alone when
         no document passes the threshold (``Answer.base_model_only``)."""
+        budget = self._budget(max_new_tokens)
         adapter, sources = self._plan(question, k, filters, min_score)
-        completion = self.engine.complete(
-            question, adapters=adapter, max_new_tokens=max_new_tokens or self.max_new_tokens, stop=stop
-        )
+        completion = self.engine.complete(question, adapters=adapter, max_new_tokens=budget, stop=stop)
         return Answer(
             text=completion.text,
             sources=sources,
@@ -436,14 +440,13 @@ class Doc2LoRAIndex:
         k: int | None = None,
         filters: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         min_score: float | None = None,
     ) -> StreamingAnswer:
         """Like :meth:`query`, but the answer arrives piece by piece as it is generated."""
+        budget = self._budget(max_new_tokens)
         adapter, sources = self._plan(question, k, filters, min_score)
-        pieces = self.engine.stream(
-            question, adapters=adapter, max_new_tokens=max_new_tokens or self.max_new_tokens, stop=stop
-        )
+        pieces = self.engine.stream(question, adapters=adapter, max_new_tokens=budget, stop=stop)
         return StreamingAnswer(pieces, sources, [s.id for s in sources], not sources)
 
     def query_batch(
@@ -453,12 +456,13 @@ class Doc2LoRAIndex:
         k: int | None = None,
         filters: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         min_score: float | None = None,
     ) -> list[Answer]:
         """Answer many questions in one batched generation, each row with its own adapters."""
         if isinstance(questions, str):
             raise TypeError("query_batch takes a list of questions; use query for one")
+        budget = self._budget(max_new_tokens)
         plans = [self._plan(q, k, filters, min_score) for q in questions]
         if not plans:
             return []
@@ -466,7 +470,7 @@ class Doc2LoRAIndex:
         completions = self.engine.generate_batch(
             list(questions),
             adapters=None if all(a is None for a in adapters) else adapters,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=budget,
             stop=stop,
         )
         return [

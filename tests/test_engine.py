@@ -156,6 +156,16 @@ def test_generate_batch_with_a_stop_string_counts_each_rows_own_tokens() -> None
     assert engine.generate_batch(questions, adapters=row_adapters, max_new_tokens=16, stop=stop) == alone
 
 
+def test_a_stop_given_as_one_string_is_that_string_not_its_letters() -> None:
+    engine = make_text_engine(seed=4)
+    free = engine.complete("What do you know?", max_new_tokens=16)
+    stop = free.text[0] + "\x00"  # never generated; its first letter is, at once
+    assert stop not in free.text
+    as_string = engine.complete("What do you know?", max_new_tokens=16, stop=stop)
+    assert as_string == free and as_string.finish_reason == "length"
+    assert "".join(engine.stream("What do you know?", max_new_tokens=16, stop=stop)) == free.text
+
+
 def test_the_stream_cancel_check_answers_on_the_ids_device() -> None:
     """transformers ORs every stopping criterion into a tensor on the ids' device: a CPU answer
     breaks every stream on a GPU (the meta device stands in for one here)."""

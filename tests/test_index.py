@@ -307,6 +307,22 @@ def test_stop_sequences_and_max_tokens(index, tiny_engine):
     assert index.query(question, max_new_tokens=3).completion_tokens == 3
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_a_token_budget_that_is_not_a_positive_integer_is_refused(index, tiny_engine, tmp_path, bad):
+    question = "Who logs the tide at the lighthouse?"
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        index.query(question, max_new_tokens=bad)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        index.stream(question, max_new_tokens=bad)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        index.query_batch([question], max_new_tokens=bad)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_engine.complete(question, max_new_tokens=bad)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Doc2LoRAIndex(tmp_path / "other", engine=tiny_engine, max_new_tokens=bad)
+    assert not (tmp_path / "other").exists()
+
+
 def test_query_batch_uses_per_row_adapters_in_one_forward(index, tiny_engine, monkeypatch):
     questions = ["Who logs the tide at the lighthouse?", "What did the Lessay orchard harvest?",
                  "What is the airspeed of an unladen swallow?"]

@@ -104,12 +104,13 @@ def evaluate(
 
 def _niah_lengths(niah: str) -> list[int]:
     """``--niah 256,1024``: positive token counts."""
+    problem = f"--niah takes comma-separated token counts (e.g. 256,1024), not {niah!r}"
     try:
         lengths = [int(x) for x in niah.split(",") if x.strip()]
     except ValueError:
-        lengths = [0]
+        raise CommandError(problem) from None
     if any(length < 1 for length in lengths):
-        raise CommandError(f"--niah takes comma-separated token counts (e.g. 256,1024), not {niah!r}")
+        raise CommandError(problem)
     return lengths
 
 

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
-Z_95 = 1.959964  # two-sided 95% quantile of the standard normal, the limit of ``t_95`` for many values
-
 
 @dataclass(frozen=True)
 class Difference:

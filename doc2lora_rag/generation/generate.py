@@ -31,6 +31,8 @@ class Completion:
 
 
 def _generation_config(base: BaseModel, max_new_tokens: int) -> GenerationConfig:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     eos = base.model.generation_config.eos_token_id
     if eos is None:
         eos = base.tokenizer.eos_token_id
@@ -42,9 +44,14 @@ def _generation_config(base: BaseModel, max_new_tokens: int) -> GenerationConfig
     )
 
 
-def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+def stop_strings(stop: str | Sequence[str] | None) -> list[str]:
+    """``stop`` as a list: one string is one stop string, not a list of one-letter ones."""
+    return [stop] if isinstance(stop, str) else list(stop or ())
+
+
+def cut_at_stop(text: str, stop: str | Sequence[str] | None) -> tuple[str, bool]:
     """Text up to the first stop string, and whether one was found."""
-    cut = min((i for s in stop or () if (i := text.find(s)) >= 0), default=-1)
+    cut = min((i for s in stop_strings(stop) if (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
@@ -56,8 +63,8 @@ class _StopStrings(StoppingCriteria):
     answer after one token; this one decodes only what was generated.
     """
 
-    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+    def __init__(self, tokenizer, stop: str | Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, stop_strings(stop), prompt_length
         # row -> tokens it had generated when a stop string appeared: the batch pads a
         # stopped row while other rows go on, and those pads are not the row's tokens.
         self.stopped_at: dict[int, int] = {}
@@ -70,7 +77,7 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
-def _criteria(tokenizer, stop: Sequence[str] | None, prompt_length: int, *extra) -> StoppingCriteriaList:
+def _criteria(tokenizer, stop: str | Sequence[str] | None, prompt_length: int, *extra) -> StoppingCriteriaList:
     criteria = [_StopStrings(tokenizer, stop, prompt_length)] if stop else []
     return StoppingCriteriaList([*criteria, *extra])
 
@@ -94,7 +101,7 @@ def complete(
     adapters: LoRAAdapter | Sequence[LoRAAdapter | None] | None = None,
     per_row: bool = False,
     max_new_tokens: int = 128,
-    stop: Sequence[str] | None = None,
+    stop: str | Sequence[str] | None = None,
 ) -> list[Completion]:
     """Answer a batch of chat-formatted prompts greedily.
 
@@ -107,11 +114,10 @@ def complete(
     ).to(base.device)
     config = _generation_config(base, max_new_tokens)
     prompt_length = batch["input_ids"].shape[1]
-    stops = _StopStrings(tokenizer, stop, prompt_length) if stop else None
+    criteria = _criteria(tokenizer, stop, prompt_length)
+    stops = criteria[0] if stop else None
     with model_lock(base.model), adapters_attached(base.model, adapters, per_row=per_row):
-        output = base.model.generate(
-            **batch, generation_config=config, stopping_criteria=StoppingCriteriaList([stops] if stops else [])
-        )
+        output = base.model.generate(**batch, generation_config=config, stopping_criteria=criteria)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     eos_ids = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
     completions = []
@@ -138,14 +144,14 @@ def stream(
     *,
     adapters: LoRAAdapter | Sequence[LoRAAdapter] | None = None,
     max_new_tokens: int = 128,
-    stop: Sequence[str] | None = None,
+    stop: str | Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Yield the answer in pieces as it is generated; a stop string ends it early."""
     tokenizer = base.tokenizer
     batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(base.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     config = _generation_config(base, max_new_tokens)
-    held_back = max((len(s) for s in stop or ()), default=1) - 1
+    held_back = max((len(s) for s in stop_strings(stop)), default=1) - 1
     cancelled = _Cancelled()
     failure: list[BaseException] = []
 
