@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.evaluation.evaluate import general_questions
 from doc2lora_rag.evaluation.metrics import normalize_answer
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
-from doc2lora_rag.training.data import QARecord, needle_records, squad_records, synthetic_fact_records
+from doc2lora_rag.training.data import (
+    QARecord,
+    needle_records,
+    squad_records,
+    synthetic_fact_records,
+    unrelated_records,
+)
 from doc2lora_rag.training.general import general_records, general_training_questions
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
@@ -69,9 +76,13 @@ def test_resumed_run_continues_the_same_trajectory(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     Trainer(_config(straight, 10), base=tiny_base_model(max_positions=512), progress=False).train()
     Trainer(_config(resumed, 10), base=tiny_base_model(max_positions=512), progress=False).train(until=5)
+    with open(resumed / "metrics.jsonl", "a") as handle:  # logged past the checkpoint, then killed mid-row
+        handle.write('{"step": 6, "loss": 99.0}\n{"step": 7, "lo')
     again = Trainer(_config(resumed, 10), base=tiny_base_model(max_positions=512), progress=False)
     assert again.step == 5
     again.train()
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # each step once, the stale rows gone
     a, b = _losses(straight), _losses(resumed)
     for step in range(6, 11):
         assert math.isclose(a[step], b[step], rel_tol=1e-4), (step, a[step], b[step])
@@ -145,6 +156,10 @@ def test_teacher_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert torch.equal(reopened.get(records[0]).tokens, first.tokens)
     # Other settings are other keys: nothing is reused across them.
     assert TeacherCache(tmp_path, Teacher(base, top_k=8, max_new_tokens=6)).missing(records) == records
+    low_precision = tiny_base_model()
+    low_precision.model.to(torch.bfloat16)
+    assert model_fingerprint(low_precision.model) == model_fingerprint(base.model)  # the same weights
+    assert TeacherCache(tmp_path, Teacher(low_precision, top_k=4, max_new_tokens=6)).missing(records) == records
 
 
 def test_questions_the_teacher_answers_without_their_document_share_one_entry(tmp_path: Path) -> None:
@@ -415,6 +430,15 @@ def test_probe_data_draws_held_out_documents_of_another_kind(tmp_path: Path) -> 
     assert trainer.probe(probe)["probe_gap"] == 0.0  # a fresh network: B is zero
 
 
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_a_probe_on_the_training_documents_is_refused(tmp_path: Path) -> None:
+    spec = {"kind": "squad", "path": str(SQUAD), "per_paragraph": 1}
+    config = _config(tmp_path, 1, data=[spec], probe_data=spec, probe_records=2)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    with pytest.raises(ValueError, match="held-out"):
+        trainer.probe_set()
+
+
 def test_documents_read_together_match_documents_read_alone(tmp_path: Path) -> None:
     base = tiny_base_model(max_positions=512)
     records = synthetic_fact_records(5, seed=3)
@@ -534,3 +558,14 @@ def test_answer_loss_leaves_out_questions_unrelated_to_their_document(tmp_path: 
     assert trainer._answer_loss(summary, [0, 1], [(record, target, 1), (unrelated, target, 1)]) > 0
     alone = trainer._answer_loss(summary[1:], [0], [(unrelated, target, 1)])
     assert alone.item() == 0.0
+
+
+def test_unrelated_questions_come_from_another_document_and_one_document_is_refused() -> None:
+    records = [QARecord(doc, f"Question {i} on {doc}?") for doc in ("doc a", "doc b", "doc c") for i in range(3)]
+    paired = unrelated_records(records, 20, seed=1)
+    assert len(paired) == 20
+    assert all(not r.teacher_sees_context and r.answer is None for r in paired)
+    assert all(not r.question.endswith(f"on {r.context}?") for r in paired)
+    with pytest.raises(ValueError, match="two different documents"):  # it used to spin forever
+        unrelated_records([QARecord("doc a", f"Question {i}?") for i in range(5)], 3)
+    assert unrelated_records(records[:1], 0) == []

@@ -314,9 +314,11 @@ def needle_records(
 def unrelated_records(records: list[QARecord], count: int, seed: int = 0) -> list[QARecord]:
     """Pair documents with questions from other documents; the target is the base model's
     answer without context, which teaches adapters to leave unrelated questions alone."""
+    if count > 0 and len({r.context for r in records}) < 2:
+        raise ValueError("unrelated questions need records from at least two different documents")
     rng = random.Random(f"unrelated-{seed}")
     result = []
-    while len(result) < count and len(records) > 1:
+    while len(result) < count:
         doc, other = rng.sample(records, 2)
         if doc.context != other.context:
             result.append(QARecord(doc.context, other.question, None, "unrelated", teacher_sees_context=False))

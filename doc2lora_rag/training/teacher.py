@@ -2,7 +2,8 @@
 of every response token become the student's target. Cached on disk and reused across runs.
 
 The cache is a diskcache whose values are safetensors bytes (never pickles): the key hashes
-the base model fingerprint, the generation settings and the teacher's prompt.
+the base model fingerprint and dtype (bf16 and fp32 teachers answer differently), the
+generation settings and the teacher's prompt.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ class TeacherCache:
     def __init__(self, directory: str | Path, teacher: Teacher):
         self.cache = diskcache.Cache(str(directory), disk=_BytesOnlyDisk)
         self.teacher = teacher
-        self.settings = json.dumps([model_fingerprint(teacher.base.model), teacher.top_k, teacher.max_new_tokens])
+        self.settings = json.dumps(
+            [model_fingerprint(teacher.base.model), str(teacher.base.dtype), teacher.top_k, teacher.max_new_tokens]
+        )
 
     def key(self, record: QARecord) -> str:
         """Hash of exactly what the teacher sees: records whose teacher answers without their

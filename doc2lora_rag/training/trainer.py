@@ -234,6 +234,8 @@ class Trainer:
         tensors = load_file(checkpoint / "optimizer.safetensors", device=str(self.device))
         self.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], tensors))
         self.step = state["step"]
+        if self.rank == 0:
+            _drop_metrics_after(self.out / "metrics.jsonl", self.step)
 
     def prepare_teacher(self) -> int:
         """Run the teacher over every record that needs one and is not cached yet."""
@@ -454,7 +456,13 @@ class Trainer:
         if self.config.probe_data is None:
             return synthetic_fact_records(self.config.probe_records, seed=PROBE_SEED)
         spec = {**self.config.probe_data, "seed": PROBE_SEED, "target": "gold"}
-        return load_sources([spec], self.base.tokenizer)[0].records[: self.config.probe_records]
+        # A file source (SQuAD's train split) gives the same documents whatever the seed:
+        # only documents that no training source holds make a held-out probe.
+        trained = {record.context for source in self.sources for record in source.records}
+        held_out = [r for r in load_sources([spec], self.base.tokenizer)[0].records if r.context not in trained]
+        if not held_out:
+            raise ValueError("every probe_data document is also a training document: the probe needs held-out ones")
+        return held_out[: self.config.probe_records]
 
     # ------------------------------------------------------------------ loop
 
@@ -603,6 +611,22 @@ def _flatten_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
             else:
                 layout["state"][str(index)][name] = value
     return layout, tensors
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget the rows logged past the checkpoint a run resumes from (and a row cut short by
+    the stop): the resumed run logs those steps again, and the plot wants each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept))
 
 
 def _unflatten_optimizer(layout: dict, tensors: dict[str, torch.Tensor]) -> dict:
