@@ -372,34 +372,31 @@ class Doc2LoRAIndex:
         """The rank-concatenated adapter of these documents (None for no documents); with
         ``question``, a document of more than ``max_chunks`` chunks adds its best-matching
         chunks only, as :meth:`query` does."""
-        ids = list(ids)
-        adapters = self.store.load_adapters(ids)
-        if question is not None:
-            docs = self.store.catalog.get_many(ids)
-            adapters = [self._focused(a, docs.get(i), question) for i, a in zip(ids, adapters, strict=True)]
-        return _combine(adapters)
+        loaded = [self.store.load_document(i) for i in ids]
+        if question is None:
+            return _combine([adapter for _, adapter in loaded])
+        return _combine([self._focused(adapter, doc, question) for doc, adapter in loaded])
 
-    def _focused(self, adapter: LoRAAdapter, doc: StoredDocument | None, question: str) -> LoRAAdapter:
+    def _focused(self, adapter: LoRAAdapter, doc: StoredDocument, question: str) -> LoRAAdapter:
         """The adapter, cut to its chunks that match ``question`` when it has too many."""
-        if self.max_chunks is None or adapter.num_chunks <= self.max_chunks or doc is None:
+        if self.max_chunks is None or adapter.num_chunks <= self.max_chunks:
             return adapter
         return self.engine.focus(adapter, doc.text, question, self.max_chunks)
 
     def _plan(
         self, question: str, k: int | None, filters: dict | None, min_score: float | None
     ) -> tuple[LoRAAdapter | None, list[Source]]:
-        """Route, then load and combine the routed adapters; ids deleted meanwhile drop out."""
+        """Route, then load and combine the routed adapters; ids deleted meanwhile drop out,
+        and a document replaced meanwhile answers with its new version throughout."""
         hits = self.route(question, k, filters, min_score=min_score)
-        docs = self.store.catalog.get_many([h.id for h in hits])
-        adapters, used = [], []
+        adapters, sources = [], []
         for hit in hits:
             try:
-                adapter = self.store.load_adapter(hit.id)
+                doc, adapter = self.store.load_document(hit.id)
             except UnknownIdError:  # deleted by another process since routing
                 continue
-            adapters.append(self._focused(adapter, docs.get(hit.id), question))
-            used.append(hit)
-        sources = [Source(h.id, docs[h.id].metadata if h.id in docs else {}, h.score) for h in used]
+            adapters.append(self._focused(adapter, doc, question))
+            sources.append(Source(hit.id, doc.metadata, hit.score))
         return _combine(adapters), sources
 
     # ---------------------------------------------------------------- answering

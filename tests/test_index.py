@@ -391,6 +391,25 @@ def test_a_refit_in_another_thread_does_not_mix_up_a_routing_in_progress(index):
     assert index.retrieve("zeppelin hangar")[0].id == "zep"
 
 
+def test_a_document_replaced_while_a_question_is_answered_answers_with_one_version(index, monkeypatch):
+    """Routing picks "light"; before its adapter is read, a writer replaces it. The answer's
+    source metadata must come from the version whose adapter it used, not the one before."""
+    question = "Who logs the tide at the lighthouse?"
+    assert [s.id for s in index.query(question, k=1).sources] == ["light"]
+    original_get, replaced = index.store.catalog.get, []
+
+    def replace_then_get(doc_id: str):
+        if doc_id == "light" and not replaced:
+            replaced.append(doc_id)
+            index.update("light", {"text": LIGHTHOUSE + " It was automated in 1994.", "metadata": {"topic": "new"}})
+        return original_get(doc_id)
+
+    monkeypatch.setattr(index.store.catalog, "get", replace_then_get)
+    answer = index.query(question, k=1)
+    assert replaced and [s.id for s in answer.sources] == ["light"]
+    assert answer.sources[0].metadata == {"topic": "new"}
+
+
 # ------------------------------------------------------------------ stores, engines, damage
 
 

@@ -170,7 +170,12 @@ class AdapterStore:
         return self.catalog.get_by_hash(content_hash)
 
     def load_adapter(self, doc_id: str) -> LoRAAdapter:
-        """The adapter of one document, verified against the checksums in the catalog.
+        """The adapter of one document, verified against the checksums in the catalog."""
+        return self.load_document(doc_id)[1]
+
+    def load_document(self, doc_id: str) -> tuple[StoredDocument, LoRAAdapter]:
+        """One document's row and its adapter, of the same version: text and metadata read
+        apart from the adapter could belong to a replacement written in between.
 
         A writer may replace the document between reading its row and opening its files;
         then the row is read again (once the row is stable a missing file is real damage).
@@ -181,7 +186,7 @@ class AdapterStore:
                 raise UnknownIdError(f"no document with id {doc_id!r} in {self.path}")
             cached = self.cache.get(doc_id, doc.adapter_dir)
             if cached is not None:
-                return cached
+                return doc, cached
             try:
                 adapter = self._read_adapter(doc)
             except AdapterFormatError:
@@ -190,7 +195,7 @@ class AdapterStore:
                     continue
                 raise
             self.cache.put(doc_id, doc.adapter_dir, adapter)
-            return adapter
+            return doc, adapter
         raise StoreError(f"document {doc_id!r} kept changing while it was being read")
 
     def load_adapters(self, ids: Sequence[str]) -> list[LoRAAdapter]:
