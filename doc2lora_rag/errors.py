@@ -28,3 +28,11 @@ class UnknownIdError(Doc2LoRAError, KeyError):
 
 class StoreError(Doc2LoRAError):
     """The adapter store cannot be opened, is busy with another writer, or is not a store."""
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` if it is a whole number of at least 1 (``True`` is not one), else a ValueError
+    that names the setting."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return value

@@ -25,7 +25,7 @@ from doc2lora_rag.documents import (
     derived_id,
 )
 from doc2lora_rag.engine import Doc2LoRA
-from doc2lora_rag.errors import AdapterFormatError, InvalidDocumentError, StoreError, UnknownIdError
+from doc2lora_rag.errors import AdapterFormatError, InvalidDocumentError, StoreError, UnknownIdError, positive_int
 from doc2lora_rag.router import Corpus, RouteHit, Router, check_filters, make_router, matches
 from doc2lora_rag.store import AdapterStore, StoredDocument
 
@@ -143,9 +143,9 @@ class Doc2LoRAIndex:
         create: bool = True,
     ):
         # Settings are checked before the store folder is made: a bad one leaves nothing behind.
-        self.k = _check_k(k)
-        self.max_chunks = None if max_chunks is None else _check_k(max_chunks, "max_chunks")
-        self.max_new_tokens = _check_k(max_new_tokens, "max_new_tokens")
+        self.k = positive_int(k, "k")
+        self.max_chunks = None if max_chunks is None else positive_int(max_chunks, "max_chunks")
+        self.max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
         self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
         if engine is not None:
             self._check_max_chars(engine)  # before the store is created
@@ -347,7 +347,7 @@ class Doc2LoRAIndex:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         filters = check_filters(filters)
-        k = self.k if k is None else _check_k(k)
+        k = self.k if k is None else positive_int(k, "k")
         with self._snapshot_lock:
             snapshot = self._current()
             allowed = None if filters is None else [matches(m, filters) for m in snapshot.metadata]
@@ -372,10 +372,8 @@ class Doc2LoRAIndex:
         """The rank-concatenated adapter of these documents (None for no documents); with
         ``question``, a document of more than ``max_chunks`` chunks adds its best-matching
         chunks only, as :meth:`query` does."""
-        loaded = [self.store.load_document(i) for i in ids]
-        if question is None:
-            return _combine([adapter for _, adapter in loaded])
-        return _combine([self._focused(adapter, doc, question) for doc, adapter in loaded])
+        loaded = (self.store.load_document(i) for i in ids)
+        return _combine([a if question is None else self._focused(a, doc, question) for doc, a in loaded])
 
     def _focused(self, adapter: LoRAAdapter, doc: StoredDocument, question: str) -> LoRAAdapter:
         """The adapter, cut to its chunks that match ``question`` when it has too many."""
@@ -403,7 +401,7 @@ class Doc2LoRAIndex:
 
     def _budget(self, max_new_tokens: int | None) -> int:
         """The call's token budget: its own (0 is refused, not taken for "default") or the index's."""
-        return self.max_new_tokens if max_new_tokens is None else _check_k(max_new_tokens, "max_new_tokens")
+        return self.max_new_tokens if max_new_tokens is None else positive_int(max_new_tokens, "max_new_tokens")
 
     def query(
         self,
@@ -488,9 +486,3 @@ def _combine(adapters: list[LoRAAdapter]) -> LoRAAdapter | None:
     if not adapters:
         return None
     return adapters[0] if len(adapters) == 1 else LoRAAdapter.concat(adapters)
-
-
-def _check_k(k: int, name: str = "k") -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, not {k!r}")
-    return k

@@ -18,6 +18,7 @@ from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.loading import BaseModel
 from doc2lora_rag.base_model.locking import model_lock
+from doc2lora_rag.errors import positive_int
 
 
 @dataclass
@@ -31,8 +32,7 @@ class Completion:
 
 
 def _generation_config(base: BaseModel, max_new_tokens: int) -> GenerationConfig:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    positive_int(max_new_tokens, "max_new_tokens")
     eos = base.model.generation_config.eos_token_id
     if eos is None:
         eos = base.tokenizer.eos_token_id
@@ -45,13 +45,14 @@ def _generation_config(base: BaseModel, max_new_tokens: int) -> GenerationConfig
 
 
 def stop_strings(stop: str | Sequence[str] | None) -> list[str]:
-    """``stop`` as a list: one string is one stop string, not a list of one-letter ones."""
+    """``stop`` as a list, made once where a call comes in: one string is one stop string,
+    not a list of one-letter ones."""
     return [stop] if isinstance(stop, str) else list(stop or ())
 
 
-def cut_at_stop(text: str, stop: str | Sequence[str] | None) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
     """Text up to the first stop string, and whether one was found."""
-    cut = min((i for s in stop_strings(stop) if (i := text.find(s)) >= 0), default=-1)
+    cut = min((i for s in stop or () if (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
@@ -63,8 +64,8 @@ class _StopStrings(StoppingCriteria):
     answer after one token; this one decodes only what was generated.
     """
 
-    def __init__(self, tokenizer, stop: str | Sequence[str], prompt_length: int) -> None:
-        self.tokenizer, self.stop, self.prompt_length = tokenizer, stop_strings(stop), prompt_length
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
         # row -> tokens it had generated when a stop string appeared: the batch pads a
         # stopped row while other rows go on, and those pads are not the row's tokens.
         self.stopped_at: dict[int, int] = {}
@@ -77,7 +78,7 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
-def _criteria(tokenizer, stop: str | Sequence[str] | None, prompt_length: int, *extra) -> StoppingCriteriaList:
+def _criteria(tokenizer, stop: Sequence[str], prompt_length: int, *extra) -> StoppingCriteriaList:
     criteria = [_StopStrings(tokenizer, stop, prompt_length)] if stop else []
     return StoppingCriteriaList([*criteria, *extra])
 
@@ -108,7 +109,7 @@ def complete(
     ``per_row=True`` means ``adapters[i]`` applies to ``prompts[i]`` only (``None`` = none);
     otherwise the given adapters (rank-concatenated) apply to every row.
     """
-    tokenizer = base.tokenizer
+    tokenizer, stop = base.tokenizer, stop_strings(stop)
     batch = tokenizer(
         list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     ).to(base.device)
@@ -147,11 +148,11 @@ def stream(
     stop: str | Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Yield the answer in pieces as it is generated; a stop string ends it early."""
-    tokenizer = base.tokenizer
+    tokenizer, stop = base.tokenizer, stop_strings(stop)
     batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(base.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     config = _generation_config(base, max_new_tokens)
-    held_back = max((len(s) for s in stop_strings(stop)), default=1) - 1
+    held_back = max((len(s) for s in stop), default=1) - 1
     cancelled = _Cancelled()
     failure: list[BaseException] = []
 
