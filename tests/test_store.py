@@ -497,3 +497,25 @@ def test_readers_in_other_processes_work_while_one_writer_ingests(tmp_path, tiny
         assert not report["engine_loaded"]  # reading needs no model
     assert any(1 < seen < 9 for r in reports for seen in r["seen"])  # they read while it wrote
     assert_store_consistent(path)
+
+
+def test_an_interrupt_just_after_commit_stays_an_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between COMMIT and leaving the transaction used to be reported as a broken store
+    ("cannot rollback - no transaction is active"), and an ingest exited 1 instead of 130."""
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    original = catalog._execute
+
+    def interrupt_after_commit(sql: str, parameters=()):
+        cursor = original(sql, parameters)
+        if sql == "COMMIT":
+            raise KeyboardInterrupt
+        return cursor
+
+    monkeypatch.setattr(catalog, "_execute", interrupt_after_commit)
+    with pytest.raises(KeyboardInterrupt), catalog.transaction():
+        catalog.set_meta("note", "kept")
+    monkeypatch.undo()
+    assert catalog.get_meta("note") == "kept"  # committed before the interrupt
+    with catalog.transaction():  # and the connection is usable
+        catalog.set_meta("note", "again")
+    assert catalog.get_meta("note") == "again"

@@ -137,7 +137,10 @@ class Catalog:
                     )
                 self._execute("COMMIT")
             except BaseException:
-                self._execute("ROLLBACK")
+                # A Ctrl-C landing just after COMMIT finds nothing to roll back: the interrupt,
+                # not "no transaction is active", is what the caller must see.
+                if self._db.in_transaction:
+                    self._execute("ROLLBACK")
                 raise
 
     def _execute(self, sql: str, parameters: Iterable = ()) -> sqlite3.Cursor:
