@@ -241,6 +241,28 @@ def test_squad_split_and_validation_guard() -> None:
         load_sources([{"kind": "squad", "path": str(SQUAD), "split": "validation"}], base.tokenizer)
 
 
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_held_out_training_articles_leave_every_squad_source() -> None:
+    train, kept = squad_records(SQUAD, "train"), squad_records(SQUAD, "train", held_out_articles=3)
+    held_out = squad_records(SQUAD, "held_out", held_out_articles=3)
+    assert kept + held_out == train and kept and held_out
+    assert not {r.context for r in kept} & {r.context for r in held_out}
+    with pytest.raises(ValueError, match="held_out_articles"):
+        squad_records(SQUAD, "held_out")
+    with pytest.raises(ValueError, match="between"):
+        squad_records(SQUAD, "train", held_out_articles=38)
+    base = tiny_base_model()
+    spec = {"path": str(SQUAD), "held_out_articles": 3, "count": 300, "per_paragraph": 1}
+    squad, unrelated, general = load_sources(
+        [{**spec, "kind": kind} for kind in ("squad", "unrelated", "general")], base.tokenizer
+    )
+    held_out_contexts = {r.context for r in held_out}
+    for source in (squad, unrelated, general):
+        assert not held_out_contexts & {r.context for r in source.records}, source.kind
+    probe = load_sources([{**spec, "kind": "squad", "split": "held_out"}], base.tokenizer)[0]
+    assert {r.context for r in probe.records} == held_out_contexts
+
+
 def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
     first, again = synthetic_fact_records(20, seed=3), synthetic_fact_records(20, seed=3)
     assert first == again and first != synthetic_fact_records(20, seed=4)
@@ -371,6 +393,32 @@ def test_probe_rows_land_in_the_metrics(tmp_path: Path) -> None:
     assert ["probe_gap" in r for r in rows] == [True, False, True]
 
 
+def test_extra_probes_log_beside_the_main_one_under_their_own_names(tmp_path: Path) -> None:
+    needles = {"kind": "niah", "count": 4, "lengths": [64]}
+    config = _config(tmp_path, 2, log_every=2, probe_every=2, probe_records=4, extra_probes=[needles])
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    assert [record.source for record in trainer.probe_sets()["probe_niah"]] == ["niah"] * 4
+    trainer.train()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"probe_own", "probe_gap", "probe_niah_own", "probe_niah_gap"} <= set(row)
+    assert row["probe_niah_base"] != row["probe_base"]  # another set of questions
+    twice = _config(tmp_path / "twice", 1, probe_every=1, extra_probes=[needles, needles])
+    with pytest.raises(ValueError, match="named"):
+        Trainer(twice, base=tiny_base_model(max_positions=512), progress=False).probe_sets()
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_a_probe_on_held_out_training_articles_is_accepted_and_on_trained_ones_refused(tmp_path: Path) -> None:
+    spec = {"kind": "squad", "path": str(SQUAD), "per_paragraph": 1, "held_out_articles": 2}
+    probe = {**spec, "split": "held_out"}
+    config = _config(tmp_path, 1, data=[spec], probe_data=probe, probe_records=3)
+    records = Trainer(config, base=tiny_base_model(max_positions=512), progress=False).probe_set()
+    assert {r.context for r in records} <= {r.context for r in squad_records(SQUAD, "held_out", held_out_articles=2)}
+    keeps_all = _config(tmp_path / "all", 1, data=[{**spec, "held_out_articles": 0}], probe_data=probe)
+    with pytest.raises(ValueError, match="held-out"):
+        Trainer(keeps_all, base=tiny_base_model(max_positions=512), progress=False).probe_set()
+
+
 def test_init_from_another_run_keeps_its_weights_and_adds_the_pointer_and_positions(tmp_path: Path) -> None:
     base = tiny_base_model(max_positions=512)
     first = _config(tmp_path / "first", 3, hypernet={**TINY_NET, "pointer": False})
@@ -415,8 +463,8 @@ def test_shipped_training_configs_are_valid(path: Path) -> None:
     assert config.hypernet.get("head_norm", "document") in ("document", "rms")
     assert all(source["kind"] in DEFAULT_TARGET for source in config.data)
     assert all(source.get("split", "train") == "train" for source in config.data)  # never the validation articles
-    probe = config.probe_data or {"kind": "synthetic"}
-    assert probe["kind"] in DEFAULT_TARGET and probe.get("split", "train") == "train"
+    for probe in [config.probe_data or {"kind": "synthetic"}, *config.extra_probes]:
+        assert probe["kind"] in DEFAULT_TARGET and probe.get("split", "train") in ("train", "held_out")
 
 
 def test_probe_data_draws_held_out_documents_of_another_kind(tmp_path: Path) -> None:

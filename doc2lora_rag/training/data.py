@@ -54,18 +54,31 @@ class QARecord:
 # ---------------------------------------------------------------------------- files
 
 
-def squad_records(path: str | Path, split: str = "train", per_paragraph: int | None = None) -> list[QARecord]:
+def squad_records(
+    path: str | Path, split: str = "train", per_paragraph: int | None = None, held_out_articles: int = 0
+) -> list[QARecord]:
     """Records of a SQuAD-format file; ``split`` is ``train`` (articles 1-38),
-    ``validation`` (39-48) or ``all``. ``per_paragraph`` caps questions per paragraph."""
+    ``validation`` (39-48) or ``all``. ``per_paragraph`` caps questions per paragraph.
+
+    ``held_out_articles`` keeps the last articles of the training split out of ``train``;
+    ``split="held_out"`` gives those articles alone: a probe of unseen topics that is not the
+    validation split."""
+    if not 0 <= held_out_articles < SQUAD_TRAIN_ARTICLES:
+        raise ValueError(f"held_out_articles must be between 0 and {SQUAD_TRAIN_ARTICLES - 1}")
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as handle:
         articles = json.load(handle)["data"]
+    kept = SQUAD_TRAIN_ARTICLES - held_out_articles
     if split == "train":
-        articles = articles[:SQUAD_TRAIN_ARTICLES]
+        articles = articles[:kept]
+    elif split == "held_out":
+        if not held_out_articles:
+            raise ValueError("split 'held_out' needs held_out_articles > 0")
+        articles = articles[kept:SQUAD_TRAIN_ARTICLES]
     elif split == "validation":
         articles = articles[SQUAD_TRAIN_ARTICLES:]
     elif split != "all":
-        raise ValueError(f"unknown split {split!r}: use train, validation or all")
+        raise ValueError(f"unknown split {split!r}: use train, held_out, validation or all")
     records = []
     for article in articles:
         for paragraph in article["paragraphs"]:

@@ -81,6 +81,6 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
 def _squad(spec: dict) -> list[QARecord]:
     """The spec's SQuAD records, refusing the validation articles unless asked explicitly."""
     split = spec.get("split", "train")
-    if split != "train" and not spec.get("allow_validation"):
+    if split not in ("train", "held_out") and not spec.get("allow_validation"):
         raise ValueError("training on the SQuAD validation articles (39-48) is not allowed")
-    return squad_records(spec["path"], split, spec.get("per_paragraph"))
+    return squad_records(spec["path"], split, spec.get("per_paragraph"), int(spec.get("held_out_articles", 0)))

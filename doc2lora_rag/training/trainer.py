@@ -92,6 +92,9 @@ class TrainConfig:
     # The probe's documents: a data source spec like those in ``data``, drawn with the probe's
     # own seed (default: synthetic fact documents).
     probe_data: dict | None = None
+    # More probes beside it, each logged as probe_<name or kind>_own, _gap, ...: e.g. SQuAD
+    # training-split articles that every SQuAD source keeps out with ``held_out_articles``.
+    extra_probes: list[dict] = field(default_factory=list)
     # Documents per source whose activations set the hypernetwork's input statistics.
     statistics_records: int = 16
     # Contrast: also answer each row with another document's adapter and add
@@ -411,9 +414,9 @@ class Trainer:
         return student_batch(self.base.tokenizer, prompts, targets).to(self.device)
 
     @torch.no_grad()
-    def probe(self, records: list[QARecord]) -> dict[str, float]:
+    def probe(self, records: list[QARecord], name: str = "probe") -> dict[str, float]:
         """Answer loss on held-out records with each document's own adapter and with another
-        document's adapter. Their difference (``probe_gap``) is how much the adapters carry
+        document's adapter. Their difference (``<name>_gap``) is how much the adapters carry
         of their own document: zero while the network only learns answer formats."""
         self.model.eval()
         own, other, base, spread = [], [], [], []
@@ -437,11 +440,11 @@ class Trainer:
             known_base = self._probe_base[probe_key] = sum(base) / len(base)
         own_loss, other_loss = sum(own) / len(own), sum(other) / len(other)
         return {
-            "probe_own": own_loss,
-            "probe_other": other_loss,
-            "probe_gap": other_loss - own_loss,
-            "probe_base": known_base,
-            "probe_spread": sum(spread) / len(spread),
+            f"{name}_own": own_loss,
+            f"{name}_other": other_loss,
+            f"{name}_gap": other_loss - own_loss,
+            f"{name}_base": known_base,
+            f"{name}_spread": sum(spread) / len(spread),
         }
 
     @torch.no_grad()
@@ -450,12 +453,13 @@ class Trainer:
         student = self._student(records, targets)
         return distillation_loss(response_logits(self.base.model, student), student).item()
 
-    def probe_set(self) -> list[QARecord]:
-        """Held-out documents (a seed no training source uses): synthetic facts, or the
-        source that ``config.probe_data`` names."""
-        if self.config.probe_data is None:
+    def probe_set(self, spec: dict | None = None) -> list[QARecord]:
+        """Held-out documents (a seed no training source uses) of the source ``spec`` names;
+        by default ``config.probe_data``, else synthetic facts."""
+        spec = spec or self.config.probe_data
+        if spec is None:
             return synthetic_fact_records(self.config.probe_records, seed=PROBE_SEED)
-        spec = {**self.config.probe_data, "seed": PROBE_SEED, "target": "gold"}
+        spec = {**spec, "seed": PROBE_SEED, "target": "gold"}
         # A file source (SQuAD's train split) gives the same documents whatever the seed:
         # only documents that no training source holds make a held-out probe.
         trained = {record.context for source in self.sources for record in source.records}
@@ -463,6 +467,16 @@ class Trainer:
         if not held_out:
             raise ValueError("every probe_data document is also a training document: the probe needs held-out ones")
         return held_out[: self.config.probe_records]
+
+    def probe_sets(self) -> dict[str, list[QARecord]]:
+        """The main probe and ``config.extra_probes``, by the prefix of their metrics."""
+        probes = {"probe": self.probe_set()}
+        for spec in self.config.extra_probes:
+            name = f"probe_{spec.get('name', spec['kind'])}"
+            if name in probes:
+                raise ValueError(f"two probes are named {name!r}: give one a 'name'")
+            probes[name] = self.probe_set(spec)
+        return probes
 
     # ------------------------------------------------------------------ loop
 
@@ -487,7 +501,7 @@ class Trainer:
         self.model.train()
         started, done_here, nonfinite = time.perf_counter(), 0, 0
         timing_from = started
-        probe_records = self.probe_set() if config.probe_every else []
+        probes = self.probe_sets() if config.probe_every else {}
         while self.step < until:
             lr = learning_rate(config, self.step)
             for group in self.optimizer.param_groups:
@@ -521,7 +535,7 @@ class Trainer:
             rate = done_here / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", steps_per_h=f"{3600 * rate:.0f}")
-            probe_due = bool(probe_records) and (self.step % config.probe_every == 0 or self.step == until)
+            probe_due = bool(probes) and (self.step % config.probe_every == 0 or self.step == until)
             if self.rank == 0 and (self.step % config.log_every == 0 or self.step == until or probe_due):
                 row = {
                     "step": self.step,
@@ -533,7 +547,8 @@ class Trainer:
                     **info,
                 }
                 if probe_due:
-                    row.update(self.probe(probe_records))
+                    for name, records in probes.items():
+                        row.update(self.probe(records, name))
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
             if self.rank == 0 and (self.step % config.save_every == 0 or self.step == until):
