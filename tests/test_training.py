@@ -30,6 +30,7 @@ from doc2lora_rag.training.data import (
 )
 from doc2lora_rag.training.general import general_records, general_training_questions
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.plots import plot_metrics, probe_series
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
 from doc2lora_rag.training.trainer import TrainConfig, Trainer, adapter_spread, learning_rate, step_autocast_dtype
@@ -617,3 +618,19 @@ def test_unrelated_questions_come_from_another_document_and_one_document_is_refu
     with pytest.raises(ValueError, match="two different documents"):  # it used to spin forever
         unrelated_records([QARecord("doc a", f"Question {i}?") for i in range(5)], 3)
     assert unrelated_records(records[:1], 0) == []
+
+
+def test_the_loss_plot_draws_each_probe_beside_the_loss(tmp_path: Path) -> None:
+    rows = [
+        {"step": 10, "loss": 2.0},
+        {"step": 20, "loss": 1.5, "probe_own": 1.2, "probe_gap": 0.3, "probe_squad_own": 2.5, "probe_base": 7.0},
+    ]
+    assert probe_series(rows) == {
+        "probe_gap": ([20], [0.3]),
+        "probe_own": ([20], [1.2]),
+        "probe_squad_own": ([20], [2.5]),
+    }
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert plot_metrics(metrics, tmp_path / "loss.png").stat().st_size > 0
+    assert plot_metrics(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
