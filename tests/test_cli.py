@@ -41,17 +41,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base.model.save_pretrained(root / "model")
     base.tokenizer.save_pretrained(root / "model")
     loaded = load_base_model(root / "model")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        network = HyperNetwork(HypernetConfig.for_base_model(loaded, **TINY_NET))
-        with torch.no_grad():
-            for weight in network.heads.b_weight.values():
-                weight.normal_(0, 0.02)  # a fresh network's adapters are exactly zero
-    network.save_pretrained(root / "hypernet")
+    for seed, name in ((0, "hypernet"), (1, "hypernet-2")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = HyperNetwork(HypernetConfig.for_base_model(loaded, **TINY_NET))
+            with torch.no_grad():
+                for weight in network.heads.b_weight.values():
+                    weight.normal_(0, 0.02)  # a fresh network's adapters are exactly zero
+        network.save_pretrained(root / name)
     other = tiny_base_model(seed=1, max_positions=1024)
     other.model.save_pretrained(root / "other-model")
     other.tokenizer.save_pretrained(root / "other-model")
-    return {"model": root / "model", "hypernet": root / "hypernet", "other": root / "other-model"}
+    return {name: root / name for name in ("model", "hypernet", "hypernet-2")} | {"other": root / "other-model"}
 
 
 @pytest.fixture
@@ -393,6 +394,49 @@ def test_ask_ls_show_rm_export_stats(tiny, corpus, tmp_path, monkeypatch) -> Non
     removed = run("rm", lighthouse, ferry, "--store", store)
     assert removed.exit_code == 0 and removed.stdout.strip() == "removed 2 documents"
     assert len(stored_ids(store)) == 4 and len(list((store / "adapters").iterdir())) == 4
+
+
+def _snapshot(store: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
+
+
+def test_rebuild_remakes_every_adapter_with_another_hypernetwork_and_leaves_the_old_store(
+    tiny, corpus, tmp_path
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert ingest(tiny, old, corpus, extra=("--text-field", "body"))[0].exit_code == 0
+    before = _snapshot(old)
+    args = ("rebuild", old, "--store", new, "--base-model", tiny["model"], "--hypernet", tiny["hypernet-2"], "--json")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    with AdapterStore(old, create=False) as source, AdapterStore(new, create=False) as rebuilt:
+        assert json.loads(result.stdout)["added"] == len(source.ids()) == 6
+        assert rebuilt.ids() == source.ids()
+        for doc_id in source.ids():
+            was, now = source.load_document(doc_id), rebuilt.load_document(doc_id)
+            assert (now[0].text, now[0].metadata, now[0].content_hash) == (was[0].text, was[0].metadata,
+                                                                           was[0].content_hash)
+            assert now[1].hypernet_fingerprint != was[1].hypernet_fingerprint
+        assert rebuilt.fingerprints["hypernet_fingerprint"] == now[1].hypernet_fingerprint
+    assert _snapshot(old) == before  # only read
+    assert json.loads(run(*args).stdout)["skipped"] == 6  # a rerun has nothing left to do
+    answer = run("ask", "Who kept the light?", "--store", new, "--max-new-tokens", "2")  # the store remembers
+    assert answer.exit_code == 0, answer.output
+
+
+def test_rebuild_refuses_a_missing_source_itself_and_a_store_of_another_model(tiny, corpus, tmp_path) -> None:
+    old, other = tmp_path / "old", tmp_path / "other"
+    assert ingest(tiny, old, corpus / "ferry.txt")[0].exit_code == 0
+    assert ingest(tiny, other, corpus / "lighthouse.md")[0].exit_code == 0
+    before = _snapshot(old), _snapshot(other)
+    missing = run("rebuild", tmp_path / "nowhere", "--store", tmp_path / "new")
+    assert missing.exit_code == 1 and "no store at" in missing.stderr and not (tmp_path / "new").exists()
+    itself = run("rebuild", old, "--store", old)
+    assert itself.exit_code == 2 and "another folder" in itself.stderr
+    mismatch = run("rebuild", old, "--store", other, "--base-model", tiny["other"], "--no-progress")
+    assert mismatch.exit_code == 1 and "was made for base model" in mismatch.stderr
+    assert "Traceback" not in mismatch.output
+    assert (_snapshot(old), _snapshot(other)) == before
 
 
 def test_a_damaged_catalog_row_is_one_line_and_rm_repairs_it(tiny, corpus, tmp_path) -> None:

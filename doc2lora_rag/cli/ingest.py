@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import codecs
-import json
-import sys
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,12 +13,21 @@ from rich.console import Console
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.engine_spec import EngineSpec
-from doc2lora_rag.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, describe, fail, user_errors
+from doc2lora_rag.cli.errors import CommandError, user_errors
 from doc2lora_rag.cli.ingest_apply import apply_plan
-from doc2lora_rag.cli.ingest_build import Builder, LocalBuilder
+from doc2lora_rag.cli.ingest_build import Builder, bound, local_builder
 from doc2lora_rag.cli.ingest_plan import scan
-from doc2lora_rag.cli.ingest_summary import IngestSummary
-from doc2lora_rag.cli.options import BaseModelOption, HypernetOption, JsonOption, StoreOption, ThreadsOption
+from doc2lora_rag.cli.ingest_summary import IngestSummary, reported
+from doc2lora_rag.cli.options import (
+    BaseModelOption,
+    BatchSizeOption,
+    HypernetOption,
+    JsonOption,
+    MaxCharsOption,
+    ProgressOption,
+    StoreOption,
+    ThreadsOption,
+)
 from doc2lora_rag.cli.progress import IngestProgress
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS
 from doc2lora_rag.readers import SUPPORTED_SUFFIXES, ReaderOptions, discover
@@ -40,8 +48,8 @@ def ingest(
     encoding: Annotated[str, typer.Option(help="encoding of text, Markdown, HTML and JSON files")] = "utf-8",
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="documents internalised together")] = 8,
-    max_chars: Annotated[int, typer.Option(min=1, help="longest document accepted")] = MAX_DOCUMENT_CHARS,
+    batch_size: BatchSizeOption = 8,
+    max_chars: MaxCharsOption = MAX_DOCUMENT_CHARS,
     threads: ThreadsOption = None,
     rescan: Annotated[
         bool, typer.Option("--rescan", help="read every file even when its size and time are unchanged")
@@ -50,9 +58,7 @@ def ingest(
         bool, typer.Option("--prune", help="remove stored documents whose files or records are gone")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report what would change; write nothing")] = False,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
-    ] = None,
+    progress: ProgressOption = None,
     json_output: JsonOption = False,
     ray: Annotated[
         bool, typer.Option("--ray", help="internalise on Ray workers (needs the 'ray' extra)")
@@ -99,66 +105,28 @@ def ingest(
             pool = RayBuilder(
                 spec, address=ray_address, workers=workers, worker_cpus=worker_cpus, worker_gpus=worker_gpus, warn=warn
             )
-            return _bound(opened, spec, pool, pool.untrained)
-        engine = spec.load(warn)
-        return _bound(opened, spec, LocalBuilder(engine), spec.untrained(engine))
+            return bound(opened, spec, pool, pool.untrained)
+        return local_builder(opened, spec, warn)
 
     show_progress = (err.is_terminal if progress is None else progress) and not json_output
-    try:
-        with IngestProgress(show_progress, err) as bar:
-            bar.scanning(len(discovery.files))
-            plan, skipped, failures = scan(
-                discovery,
-                opened,
-                ReaderOptions(text_field=text_field, id_field=id_field, encoding=encoding),
-                max_chars=max_chars,
-                rescan=rescan,
-                prune=prune,
-                on_file=bar.scanned,
-            )
-            summary.skipped = skipped
-            for doc_id, reason in failures:
-                summary.fail(doc_id, reason)
-            if dry_run:
-                summary.added = sum(d.change == "added" for d in plan.pending)
-                summary.updated = len(plan.pending) - summary.added
-                summary.removed = len(plan.removals)
-            else:
-                apply_plan(plan, opened, summary, bar, make_builder, batch_size=batch_size)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        _report(summary, started, json_output)
-        raise fail("interrupted", EXIT_INTERRUPTED) from None
-    except Exception as error:
-        known = describe(error)
-        if known is None:
-            raise
-        _report(summary, started, json_output)
-        raise fail(*known) from None
-    finally:
-        if opened is not None:
-            opened.close()
-    _report(summary, started, json_output)
-    if summary.failed:
-        raise typer.Exit(EXIT_FAILED)
-
-
-def _bound(store: AdapterStore, spec: EngineSpec, builder: Builder, untrained: bool) -> Builder:
-    """Bind the store to the builder's model (refusing another one) before any work is sent."""
-    identity = builder.identity
-    try:
-        store.bind(identity.base_model_name, identity.base_fingerprint, identity.hypernet_fingerprint)
-    except BaseException:
-        builder.close()
-        raise
-    spec.remember(store, untrained)
-    return builder
-
-
-def _report(summary: IngestSummary, started: float, json_output: bool) -> None:
-    summary.seconds = time.monotonic() - started
-    if json_output:
-        typer.echo(json.dumps(summary.to_dict(), indent=2))
-    else:
-        summary.render(typer.echo)
-    sys.stdout.flush()
+    store_open = opened if opened is not None else contextlib.nullcontext()  # closed before the summary
+    with reported(summary, started, json_output), store_open, IngestProgress(show_progress, err) as bar:
+        bar.scanning(len(discovery.files))
+        plan, skipped, failures = scan(
+            discovery,
+            opened,
+            ReaderOptions(text_field=text_field, id_field=id_field, encoding=encoding),
+            max_chars=max_chars,
+            rescan=rescan,
+            prune=prune,
+            on_file=bar.scanned,
+        )
+        summary.skipped = skipped
+        for doc_id, reason in failures:
+            summary.fail(doc_id, reason)
+        if dry_run:
+            summary.added = sum(d.change == "added" for d in plan.pending)
+            summary.updated = len(plan.pending) - summary.added
+            summary.removed = len(plan.removals)
+        else:
+            apply_plan(plan, opened, summary, bar, make_builder, batch_size=batch_size)

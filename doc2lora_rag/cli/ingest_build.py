@@ -7,11 +7,12 @@ document at a time, so one bad document costs only itself in a bulk ingest.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
+from doc2lora_rag.cli.engine_spec import EngineSpec
 from doc2lora_rag.cli.ingest_plan import PendingDocument
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.store import AdapterStore
@@ -76,6 +77,24 @@ class LocalBuilder:
 
     def close(self) -> None:
         pass
+
+
+def bound(store: AdapterStore, spec: EngineSpec, builder: Builder, untrained: bool) -> Builder:
+    """Bind the store to the builder's model (refusing another one) before any work is sent."""
+    identity = builder.identity
+    try:
+        store.bind(identity.base_model_name, identity.base_fingerprint, identity.hypernet_fingerprint)
+    except BaseException:
+        builder.close()
+        raise
+    spec.remember(store, untrained)
+    return builder
+
+
+def local_builder(store: AdapterStore, spec: EngineSpec, warn: Callable[[str], None]) -> Builder:
+    """Load the engine in this process and bind the store to it."""
+    engine = spec.load(warn)
+    return bound(store, spec, LocalBuilder(engine), spec.untrained(engine))
 
 
 def commit(store: AdapterStore, doc: PendingDocument, adapter: LoRAAdapter) -> None:

@@ -3,10 +3,18 @@ can say what it finished."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import typer
+
+from doc2lora_rag.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, describe, fail
 
 
 @dataclass(frozen=True)
@@ -92,3 +100,33 @@ class IngestSummary:
             echo("workers  " + ", ".join(f"{name}: {count}" for name, count in sorted(self.workers.items())))
         if self.interrupted:
             echo("interrupted: finished documents are stored; run the same command again to continue")
+
+
+def print_summary(summary: IngestSummary, started: float, json_output: bool) -> None:
+    summary.seconds = time.monotonic() - started
+    if json_output:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        summary.render(typer.echo)
+    sys.stdout.flush()
+
+
+@contextmanager
+def reported(summary: IngestSummary, started: float, json_output: bool) -> Iterator[None]:
+    """Print the summary however the work inside ends, so finished documents are always
+    accounted for; exit 130 on an interrupt, a known error's code on one, 1 if any failed."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        print_summary(summary, started, json_output)
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+    except Exception as error:
+        known = describe(error)
+        if known is None:
+            raise
+        print_summary(summary, started, json_output)
+        raise fail(*known) from None
+    print_summary(summary, started, json_output)
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED)

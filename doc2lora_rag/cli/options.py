@@ -32,6 +32,11 @@ HypernetOption = Annotated[
     typer.Option(help="hypernetwork folder (doc2lora train); default: what the store recorded, else the shipped one"),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads for torch")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="documents internalised together")]
+MaxCharsOption = Annotated[int, typer.Option(min=1, help="longest document accepted")]
+ProgressOption = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 
 

@@ -132,7 +132,8 @@ class AdapterStore:
                 raise IncompatibleModelError(
                     f"store {self.path} was made for {what} {recorded.get(key)} "
                     f"({recorded.get('base_model_name')}), not {wanted[key]} ({base_model_name}); "
-                    "open it with the engine that built it, or use a new store"
+                    "open it with the engine that built it, or use a new store "
+                    "(doc2lora rebuild internalises a store's documents again into a new one)"
                 )
 
     # ---------------------------------------------------------------- reading
