@@ -420,6 +420,8 @@ def test_rebuild_remakes_every_adapter_with_another_hypernetwork_and_leaves_the_
         assert rebuilt.fingerprints["hypernet_fingerprint"] == now[1].hypernet_fingerprint
     assert _snapshot(old) == before  # only read
     assert json.loads(run(*args).stdout)["skipped"] == 6  # a rerun has nothing left to do
+    human = run(*args[:-1], "--no-progress")
+    assert human.exit_code == 0 and "documents 6 read" in human.stdout and "skipped  6" in human.stdout
     answer = run("ask", "Who kept the light?", "--store", new, "--max-new-tokens", "2")  # the store remembers
     assert answer.exit_code == 0, answer.output
 

@@ -46,6 +46,7 @@ class IngestSummary:
     seconds: float = 0.0
     interrupted: bool = False
     workers: Counter = field(default_factory=Counter)
+    read: str = "files"  # what ``files`` counts: files, or a store's documents (rebuild)
 
     def fail(self, doc_id: str, reason: str) -> None:
         self.failed.append(Failure(doc_id, reason))
@@ -79,7 +80,7 @@ class IngestSummary:
         would = "would be " if self.dry_run else ""
         echo(f"store    {self.store}")
         ignored = f", {self.ignored} ignored (other types, hidden, or not matching --glob)" if self.ignored else ""
-        echo(f"files    {self.files} read{ignored}")
+        echo(f"{self.read:<8} {self.files} read{ignored}")
         echo(f"added    {self.added}" + (f" ({would}new)" if self.dry_run else ""))
         echo(f"updated  {self.updated}" + (" (changed since stored)" if self.updated else ""))
         echo(f"skipped  {self.skipped}" + (" (stored and unchanged)" if self.skipped else ""))

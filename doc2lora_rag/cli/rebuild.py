@@ -64,7 +64,7 @@ def rebuild(
             old.close()
             raise CommandError("the new store must be another folder than the one rebuilt from")
         target = AdapterStore(target_path)
-    summary = IngestSummary(store=str(target_path), files=0)
+    summary = IngestSummary(store=str(target_path), read="documents")
 
     def make_builder():
         spec = EngineSpec.resolve(target, base_model, hypernet, threads=threads, max_chars=max_chars)
