@@ -9,7 +9,7 @@ import typer
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.engine_spec import EngineSpec
-from doc2lora_rag.cli.errors import CommandError, user_errors
+from doc2lora_rag.cli.errors import CommandError, user_errors, warn
 from doc2lora_rag.cli.options import (
     BaseModelOption,
     HypernetOption,
@@ -57,7 +57,7 @@ def ask(
         adapters = open_store(store, create=False)
         try:
             spec = EngineSpec.resolve(adapters, base_model, hypernet, threads=threads)
-            engine = spec.load(lambda message: typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW))
+            engine = spec.load(warn)
             try:
                 index = Doc2LoRAIndex(
                     adapters, engine, router, k=k, max_chunks=max_chunks or None, max_new_tokens=max_new_tokens

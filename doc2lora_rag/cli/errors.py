@@ -63,6 +63,11 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr; the command goes on."""
+    typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Wrap a command body: known errors print one line and exit with their code."""

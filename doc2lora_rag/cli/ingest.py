@@ -13,7 +13,7 @@ from rich.console import Console
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.engine_spec import EngineSpec
-from doc2lora_rag.cli.errors import CommandError, user_errors
+from doc2lora_rag.cli.errors import CommandError, user_errors, warn
 from doc2lora_rag.cli.ingest_apply import apply_plan
 from doc2lora_rag.cli.ingest_build import Builder, bound, local_builder
 from doc2lora_rag.cli.ingest_plan import scan
@@ -93,9 +93,6 @@ def ingest(
     summary = IngestSummary(
         store=str(store_path), dry_run=dry_run, files=len(discovery.files), ignored=discovery.ignored
     )
-
-    def warn(message: str) -> None:
-        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
     def make_builder() -> Builder:
         spec = EngineSpec.resolve(opened, base_model, hypernet, threads=threads, max_chars=max_chars)

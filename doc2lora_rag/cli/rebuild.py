@@ -17,7 +17,7 @@ from rich.console import Console
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.engine_spec import EngineSpec
-from doc2lora_rag.cli.errors import CommandError, user_errors
+from doc2lora_rag.cli.errors import CommandError, user_errors, warn
 from doc2lora_rag.cli.ingest_apply import apply_plan
 from doc2lora_rag.cli.ingest_build import local_builder
 from doc2lora_rag.cli.ingest_plan import PendingDocument, Plan
@@ -68,7 +68,7 @@ def rebuild(
 
     def make_builder():
         spec = EngineSpec.resolve(target, base_model, hypernet, threads=threads, max_chars=max_chars)
-        return local_builder(target, spec, lambda message: typer.secho(f"warning: {message}", err=True, fg="yellow"))
+        return local_builder(target, spec, warn)
 
     show_progress = (err.is_terminal if progress is None else progress) and not json_output
     with reported(summary, started, json_output), old, target, IngestProgress(show_progress, err) as bar:
