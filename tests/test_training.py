@@ -29,7 +29,12 @@ from doc2lora_rag.training.data import (
     unrelated_records,
 )
 from doc2lora_rag.training.general import general_records, general_training_questions
-from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.objective import (
+    distillation_loss,
+    response_logits,
+    row_distillation_loss,
+    student_batch,
+)
 from doc2lora_rag.training.plots import plot_metrics, probe_series
 from doc2lora_rag.training.sources import DEFAULT_TARGET, load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
@@ -202,6 +207,43 @@ def test_gold_target_loss_is_cross_entropy() -> None:
         loss = distillation_loss(logits, batch)
         expected = -logits.log_softmax(-1)[0, torch.arange(len(tokens)), torch.tensor(tokens)].mean()
     assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_row_loss_averages_each_rows_own_tokens() -> None:
+    base = tiny_base_model()
+    answers = ["7", "a much longer answer"]
+    targets = [Target.gold(base.tokenizer.encode(a, add_special_tokens=False) + [base.tokenizer.eos_token_id], top_k=4)
+               for a in answers]
+    prompts = [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")]
+    batch = student_batch(base.tokenizer, prompts, targets)
+    with torch.no_grad():
+        rows = row_distillation_loss(response_logits(base.model, batch), batch)
+        alone = [distillation_loss(response_logits(base.model, one), one)
+                 for one in (student_batch(base.tokenizer, [p], [t]) for p, t in zip(prompts, targets, strict=True))]
+    assert rows.shape == (2,)
+    assert torch.allclose(rows, torch.stack(alone), atol=1e-4)
+
+
+def test_per_row_contrast_counts_only_rows_that_read_their_document(tmp_path: Path) -> None:
+    config = _config(tmp_path, 1, contrastive_weight=1.0, contrastive_margin=2.0, contrastive_per_row=True,
+                     data=[{"kind": "synthetic", "count": 4}])
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    records = [record for record, _, _ in trainer.sample(0)][:3]
+    records[2] = dataclasses.replace(records[2], teacher_sees_context=False)
+    tokenizer = trainer.base.tokenizer
+    targets = [Target.gold(tokenizer.encode("12", add_special_tokens=False), top_k=4)] * 3
+    student = student_batch(tokenizer, [question_prompt(tokenizer, r.question) for r in records], targets)
+    vocabulary = trainer.base.model.config.vocab_size
+    logits_other = torch.zeros(3, student.response_length, vocabulary)  # uniform: loss log(V) per token
+    uniform = math.log(vocabulary)
+    own = torch.tensor([uniform - 0.5, uniform - 3.0, uniform - 5.0])
+    term = trainer._shortfall(own.mean(), torch.tensor(uniform), own, logits_other, student, records)
+    # Row gaps 0.5 and 3.0 against a margin of 2: shortfalls 1.5 and 0; the third row (an
+    # unrelated question) is left out although its gap is the largest.
+    assert term.item() == pytest.approx(0.75, abs=1e-4)
+    batch_wide = dataclasses.replace(config, contrastive_per_row=False)
+    trainer.config = batch_wide
+    assert trainer._shortfall(own.mean(), torch.tensor(uniform), None, logits_other, student, records).item() == 0.0
 
 
 def test_kl_to_the_students_own_top_k_is_its_missing_mass() -> None:

@@ -62,13 +62,23 @@ def distillation_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor
     The teacher's top-k probabilities are renormalised to sum to one; a one-hot gold target
     (k entries, one with log-prob 0) makes this the usual cross-entropy.
     """
+    mask = batch.response_mask.float()
+    return (_token_kl(logits, batch) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def row_distillation_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
+    """The same KL averaged over each row's own response tokens: ``[B]``, one loss per row."""
+    mask = batch.response_mask.float()
+    return (_token_kl(logits, batch) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def _token_kl(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
+    """KL(teacher || student) at each response position: ``[B, R]`` (padding included)."""
     student = logits.float().log_softmax(-1).gather(-1, batch.topk_ids)
     teacher = batch.topk_logprobs.log_softmax(-1)
     teacher_p = teacher.exp()
     per_entry = torch.where(teacher_p > 0, teacher_p * (teacher - student), torch.zeros_like(student))
-    per_token = per_entry.sum(-1)
-    mask = batch.response_mask.float()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return per_entry.sum(-1)
 
 
 def response_logits(model, batch: StudentBatch) -> torch.Tensor:

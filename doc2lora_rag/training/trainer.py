@@ -37,7 +37,13 @@ from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.training.data import QARecord, synthetic_fact_records
-from doc2lora_rag.training.objective import StudentBatch, distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.objective import (
+    StudentBatch,
+    distillation_loss,
+    response_logits,
+    row_distillation_loss,
+    student_batch,
+)
 from doc2lora_rag.training.plots import plot_metrics
 from doc2lora_rag.training.sources import load_sources
 from doc2lora_rag.training.teacher import Target, Teacher, TeacherCache
@@ -103,6 +109,10 @@ class TrainConfig:
     # output that does not help yet only adds noise; this term makes using the document pay.
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.5
+    # True: the margin applies to each row whose answer comes from its document, averaged
+    # over those rows, instead of to the batch's mean losses; a batch-wide gap is met by the
+    # rows that already have one (synthetic facts) while others (SQuAD) keep none.
+    contrastive_per_row: bool = False
     # Start a new run from another run's hypernetwork weights (fresh optimizer and schedule).
     # Parts that the saved network lacks (e.g. a newly enabled pointer) start as in a fresh one.
     init_from: str | None = None
@@ -356,6 +366,7 @@ class Trainer:
         with attached(self.base.model, factors):
             logits = response_logits(self.base.model, student)
         kl = distillation_loss(logits, student)
+        kl_rows = row_distillation_loss(logits, student) if self.config.contrastive_per_row else None
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
         if self.config.answer_weight:
@@ -367,10 +378,11 @@ class Trainer:
         if others is not None:
             swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
             with attached(self.base.model, swapped):
-                kl_other = distillation_loss(response_logits(self.base.model, student), student)
+                logits_other = response_logits(self.base.model, student)
+            kl_other = distillation_loss(logits_other, student)
             if contrast:
-                shortfall = torch.relu(self.config.contrastive_margin - (kl_other - kl))
-                loss = loss + self.config.contrastive_weight * shortfall
+                loss = loss + self.config.contrastive_weight * self._shortfall(
+                    kl, kl_other, kl_rows, logits_other, student, [record for record, _, _ in batch])
             info["kl_other"] = kl_other.detach().item()
         if with_other:
             first_row: dict[str, int] = {}
@@ -379,6 +391,27 @@ class Trainer:
             keep = [i for i, row in enumerate(owners) if first_row[batch[row][0].context] == row]
             info["spread"] = adapter_spread({name: (a[keep], b[keep]) for name, (a, b) in chunk_factors.items()})
         return loss, info
+
+    def _shortfall(
+        self,
+        kl: torch.Tensor,
+        kl_other: torch.Tensor,
+        kl_rows: torch.Tensor | None,
+        logits_other: torch.Tensor,
+        student: StudentBatch,
+        records: list[QARecord],
+    ) -> torch.Tensor:
+        """How far the answer loss with another document's adapter falls short of exceeding
+        the own one's by the margin: on the batch means, or row by row over the rows whose
+        answer comes from their document (``contrastive_per_row``)."""
+        margin = self.config.contrastive_margin
+        if kl_rows is None:
+            return torch.relu(margin - (kl_other - kl))
+        reading = torch.tensor([record.teacher_sees_context for record in records], device=kl_rows.device)
+        if not reading.any():
+            return kl * 0.0
+        gaps = row_distillation_loss(logits_other, student) - kl_rows
+        return torch.relu(margin - gaps[reading]).mean()
 
     def _answer_loss(
         self, summary: torch.Tensor, owners: list[int], batch: list[tuple[QARecord, Target, int]]
