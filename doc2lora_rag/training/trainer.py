@@ -366,14 +366,14 @@ class Trainer:
         with attached(self.base.model, factors):
             logits = response_logits(self.base.model, student)
         kl = distillation_loss(logits, student)
-        kl_rows = row_distillation_loss(logits, student) if self.config.contrastive_per_row else None
+        contrast = bool(self.config.contrastive_weight) and self.model.training
+        kl_rows = row_distillation_loss(logits, student) if contrast and self.config.contrastive_per_row else None
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
         if self.config.answer_weight:
             answer = self._answer_loss(summary, owners, batch)
             loss = loss + self.config.answer_weight * answer
             info["answer"] = answer.detach().item()
-        contrast = bool(self.config.contrastive_weight) and self.model.training
         others = _other_rows([record.context for record, _, _ in batch]) if contrast or with_other else None
         if others is not None:
             swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
