@@ -31,8 +31,8 @@ from doc2lora_rag.training.data import (
 from doc2lora_rag.training.general import general_records, general_training_questions
 from doc2lora_rag.training.objective import (
     distillation_loss,
+    distillation_losses,
     response_logits,
-    row_distillation_loss,
     student_batch,
 )
 from doc2lora_rag.training.plots import plot_metrics, probe_series
@@ -217,7 +217,7 @@ def test_row_loss_averages_each_rows_own_tokens() -> None:
     prompts = [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")]
     batch = student_batch(base.tokenizer, prompts, targets)
     with torch.no_grad():
-        rows = row_distillation_loss(response_logits(base.model, batch), batch)
+        rows = distillation_losses(response_logits(base.model, batch), batch)[1]
         alone = [distillation_loss(response_logits(base.model, one), one)
                  for one in (student_batch(base.tokenizer, [p], [t]) for p, t in zip(prompts, targets, strict=True))]
     assert rows.shape == (2,)
@@ -237,13 +237,14 @@ def test_per_row_contrast_counts_only_rows_that_read_their_document(tmp_path: Pa
     logits_other = torch.zeros(3, student.response_length, vocabulary)  # uniform: loss log(V) per token
     uniform = math.log(vocabulary)
     own = torch.tensor([uniform - 0.5, uniform - 3.0, uniform - 5.0])
-    term = trainer._shortfall(own.mean(), torch.tensor(uniform), own, logits_other, student, records)
+    other = distillation_losses(logits_other, student)[1]
+    term = trainer._shortfall(own.mean(), torch.tensor(uniform), own, other, records)
     # Row gaps 0.5 and 3.0 against a margin of 2: shortfalls 1.5 and 0; the third row (an
     # unrelated question) is left out although its gap is the largest.
     assert term.item() == pytest.approx(0.75, abs=1e-4)
     batch_wide = dataclasses.replace(config, contrastive_per_row=False)
     trainer.config = batch_wide
-    assert trainer._shortfall(own.mean(), torch.tensor(uniform), None, logits_other, student, records).item() == 0.0
+    assert trainer._shortfall(own.mean(), torch.tensor(uniform), own, other, records).item() == 0.0
 
 
 def test_kl_to_the_students_own_top_k_is_its_missing_mass() -> None:

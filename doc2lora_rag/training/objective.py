@@ -62,14 +62,15 @@ def distillation_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor
     The teacher's top-k probabilities are renormalised to sum to one; a one-hot gold target
     (k entries, one with log-prob 0) makes this the usual cross-entropy.
     """
-    mask = batch.response_mask.float()
-    return (_token_kl(logits, batch) * mask).sum() / mask.sum().clamp(min=1)
+    return distillation_losses(logits, batch)[0]
 
 
-def row_distillation_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
-    """The same KL averaged over each row's own response tokens: ``[B]``, one loss per row."""
+def distillation_losses(logits: torch.Tensor, batch: StudentBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's token-averaged KL and each row's own (``[B]``), from one pass over the
+    vocabulary: the per-row contrastive term needs both."""
     mask = batch.response_mask.float()
-    return (_token_kl(logits, batch) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    per_token = _token_kl(logits, batch) * mask
+    return per_token.sum() / mask.sum().clamp(min=1), per_token.sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def _token_kl(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:

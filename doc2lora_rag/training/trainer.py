@@ -40,8 +40,8 @@ from doc2lora_rag.training.data import QARecord, synthetic_fact_records
 from doc2lora_rag.training.objective import (
     StudentBatch,
     distillation_loss,
+    distillation_losses,
     response_logits,
-    row_distillation_loss,
     student_batch,
 )
 from doc2lora_rag.training.plots import plot_metrics
@@ -365,9 +365,8 @@ class Trainer:
         student = self._student([record for record, _, _ in batch], [target for _, target, _ in batch])
         with attached(self.base.model, factors):
             logits = response_logits(self.base.model, student)
-        kl = distillation_loss(logits, student)
+        kl, kl_rows = distillation_losses(logits, student)
         contrast = bool(self.config.contrastive_weight) and self.model.training
-        kl_rows = row_distillation_loss(logits, student) if contrast and self.config.contrastive_per_row else None
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
         if self.config.answer_weight:
@@ -379,10 +378,10 @@ class Trainer:
             swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
             with attached(self.base.model, swapped):
                 logits_other = response_logits(self.base.model, student)
-            kl_other = distillation_loss(logits_other, student)
+            kl_other, kl_other_rows = distillation_losses(logits_other, student)
             if contrast:
                 loss = loss + self.config.contrastive_weight * self._shortfall(
-                    kl, kl_other, kl_rows, logits_other, student, [record for record, _, _ in batch])
+                    kl, kl_other, kl_rows, kl_other_rows, [record for record, _, _ in batch])
             info["kl_other"] = kl_other.detach().item()
         if with_other:
             first_row: dict[str, int] = {}
@@ -396,22 +395,20 @@ class Trainer:
         self,
         kl: torch.Tensor,
         kl_other: torch.Tensor,
-        kl_rows: torch.Tensor | None,
-        logits_other: torch.Tensor,
-        student: StudentBatch,
+        kl_rows: torch.Tensor,
+        kl_other_rows: torch.Tensor,
         records: list[QARecord],
     ) -> torch.Tensor:
         """How far the answer loss with another document's adapter falls short of exceeding
         the own one's by the margin: on the batch means, or row by row over the rows whose
         answer comes from their document (``contrastive_per_row``)."""
         margin = self.config.contrastive_margin
-        if kl_rows is None:
+        if not self.config.contrastive_per_row:
             return torch.relu(margin - (kl_other - kl))
         reading = torch.tensor([record.teacher_sees_context for record in records], device=kl_rows.device)
         if not reading.any():
             return kl * 0.0
-        gaps = row_distillation_loss(logits_other, student) - kl_rows
-        return torch.relu(margin - gaps[reading]).mean()
+        return torch.relu(margin - (kl_other_rows - kl_rows)[reading]).mean()
 
     def _answer_loss(
         self, summary: torch.Tensor, owners: list[int], batch: list[tuple[QARecord, Target, int]]
