@@ -67,6 +67,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     text = report.read_text()
     assert "synthetic-heldout" in text and "Needle in a haystack" in text and "General questions" in text
     assert "adapter, best chunks" in text
+    assert "(1/1)" in text or "(0/1)" in text  # each needle accuracy says how many needles it rests on
     assert " ± " in text  # scores carry their standard error over the questions
     assert data["qa"]["synthetic-heldout"]["per_question"]["adapter"]["f1"]
     # an evaluation compared with itself differs by nothing

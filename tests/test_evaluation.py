@@ -233,3 +233,12 @@ def test_shipped_general_questions_have_answers() -> None:
     assert len(questions) >= 50
     assert len({q for q, _ in questions}) == len(questions)
     assert all(q.endswith("?") and answers and all(a.strip() for a in answers) for q, answers in questions)
+
+
+def test_niah_in_context_limit_zero_runs_no_needle_in_context(tiny_engine) -> None:
+    from doc2lora_rag.evaluation.evaluate import evaluate_niah
+
+    limited = evaluate_niah(tiny_engine, [64], count=2, in_context_max_tokens=0, progress=False)[64]
+    assert limited["in_context"] is None and "in_context" not in limited["per_needle"]
+    unlimited = evaluate_niah(tiny_engine, [64], count=2, progress=False)[64]
+    assert len(unlimited["per_needle"]["in_context"]) == 2

@@ -677,3 +677,24 @@ def test_the_loss_plot_draws_each_probe_beside_the_loss(tmp_path: Path) -> None:
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert plot_metrics(metrics, tmp_path / "loss.png").stat().st_size > 0
     assert plot_metrics(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+
+
+def test_own_only_contrast_sends_no_gradient_through_the_other_adapter(tmp_path: Path) -> None:
+    data = [{"kind": "synthetic", "count": 8}]
+    config = _config(tmp_path, 2, contrastive_weight=1.0, contrastive_margin=100.0, l1_weight=0.0, data=data)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    with torch.no_grad():
+        for weight in trainer.hypernet.heads.b_weight.values():
+            weight.normal_(0, 0.5)
+    batch = trainer.sample(0)
+
+    def gradient(**change) -> torch.Tensor:
+        trainer.config = dataclasses.replace(config, **change)
+        trainer.hypernet.zero_grad()
+        trainer.loss(batch)[0].backward()
+        return torch.cat([p.grad.flatten() for p in trainer.hypernet.parameters() if p.grad is not None])
+
+    plain = gradient(contrastive_weight=0.0)
+    # Every row is short of a margin of 100, so the own-only term adds the own loss once more.
+    assert torch.allclose(gradient(contrastive_own_only=True), 2 * plain, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(gradient(), 2 * plain, rtol=1e-4, atol=1e-7)  # two-sided: the other adapter moves too

@@ -29,7 +29,7 @@ def evaluate(
     limit: Annotated[int, typer.Option(help="questions per data source")] = 100,
     niah: Annotated[str, typer.Option(help="comma-separated haystack lengths in tokens; empty to skip")] = "",
     niah_count: Annotated[int, typer.Option(help="needles per haystack length")] = 10,
-    niah_in_context_max: Annotated[int, typer.Option(help="longest haystack also run in context")] = 8192,
+    niah_in_context_max: Annotated[int, typer.Option(help="longest haystack also run in context (0: none)")] = 8192,
     niah_max_chunks: Annotated[
         int, typer.Option(help="also answer from the haystack's N best-matching chunks, as the index does (0: skip)")
     ] = 3,

@@ -270,7 +270,7 @@ def evaluate_niah(
     best (``focused``), as the index answers from a long document. ``per_needle`` keeps each
     needle's hit per mode, for paired comparisons."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
-    limit = min(window, in_context_max_tokens or window)
+    limit = window if in_context_max_tokens is None else min(window, in_context_max_tokens)  # 0: never
     results: dict[int, dict] = {}
     for length in lengths:
         records = niah_records(engine, count, length, seed=seed)

@@ -96,10 +96,17 @@ def _niah_table(niah: dict) -> list[str]:
     else:
         lines += ["| haystack tokens | adapter | in context |", "|---|---|---|"]
     for length, row in niah.items():
-        in_context = "not run (past limit)" if row["in_context"] is None else f"{row['in_context']:.2f}"
-        best = f" {row['focused']:.2f} |" if focused else ""
-        lines.append(f"| {length} | {row['adapter']:.2f} |{best} {in_context} |")
+        in_context = "not run (past limit)" if row["in_context"] is None else _niah_cell(row, "in_context")
+        best = f" {_niah_cell(row, 'focused')} |" if focused else ""
+        lines.append(f"| {length} | {_niah_cell(row, 'adapter')} |{best} {in_context} |")
     return lines
+
+
+def _niah_cell(row: dict, mode: str) -> str:
+    """Accuracy with its needle count (``0.90 (9/10)``): ten needles and sixty carry the same
+    number with very different certainty."""
+    hits = row.get("per_needle", {}).get(mode)
+    return f"{row[mode]:.2f}" if not hits else f"{row[mode]:.2f} ({round(sum(hits))}/{len(hits)})"
 
 
 def _general_section(general: dict) -> list[str]:

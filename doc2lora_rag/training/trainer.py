@@ -113,6 +113,10 @@ class TrainConfig:
     # over those rows, instead of to the batch's mean losses; a batch-wide gap is met by the
     # rows that already have one (synthetic facts) while others (SQuAD) keep none.
     contrastive_per_row: bool = False
+    # True: the loss with another document's adapter is a fixed reference (no gradient), so
+    # the margin can only be met by the own adapter answering better, not by spoiling others;
+    # with ``contrastive_per_row`` it weights up each row whose adapter does not read yet.
+    contrastive_own_only: bool = False
     # Start a new run from another run's hypernetwork weights (fresh optimizer and schedule).
     # Parts that the saved network lacks (e.g. a newly enabled pointer) start as in a fresh one.
     init_from: str | None = None
@@ -376,7 +380,9 @@ class Trainer:
         others = _other_rows([record.context for record, _, _ in batch]) if contrast or with_other else None
         if others is not None:
             swapped = {path: (a[others], b[others]) for path, (a, b) in factors.items()}
-            with attached(self.base.model, swapped):
+            reference_only = not contrast or self.config.contrastive_own_only
+            grad = torch.is_grad_enabled() and not reference_only
+            with attached(self.base.model, swapped), torch.set_grad_enabled(grad):
                 logits_other = response_logits(self.base.model, student)
             kl_other, kl_other_rows = distillation_losses(logits_other, student)
             if contrast:
