@@ -242,3 +242,14 @@ def test_niah_in_context_limit_zero_runs_no_needle_in_context(tiny_engine) -> No
     assert limited["in_context"] is None and "in_context" not in limited["per_needle"]
     unlimited = evaluate_niah(tiny_engine, [64], count=2, progress=False)[64]
     assert len(unlimited["per_needle"]["in_context"]) == 2
+
+
+def test_needle_only_report_gives_counts_and_no_question_scoring_notes(tmp_path: Path) -> None:
+    from doc2lora_rag.evaluation.report import write_markdown
+
+    niah = {"4096": {"adapter": 0.0, "in_context": None, "focused": 0.5,
+                     "per_needle": {"adapter": [False, False], "focused": [True, False]}}}
+    page = write_markdown({"hypernet": "h", "base_model": "b", "qa": {}, "niah": niah}, tmp_path / "r.md", command="c")
+    text = page.read_text()
+    assert "| 4096 | 0.00 (0/2) | 0.50 (1/2) | not run (past limit) |" in text
+    assert "Token F1" not in text  # nothing on the page is a token F1

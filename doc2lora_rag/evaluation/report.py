@@ -11,6 +11,17 @@ from doc2lora_rag.evaluation.compare import standard_error
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+_SCORES_EXPLAINED = [
+    "Token F1 and answer-contains score the generated answer against the gold answers. Gold",
+    "answer NLL is the mean negative log-likelihood per token of the gold answer (end of turn",
+    "included). It depends on answer form as much as on knowledge (a model that answers in full",
+    "sentences finds a bare span unlikely), so read it across modes that answer in the same form:",
+    "adapter against unrelated_adapter shows how much of its own document an adapter carries.",
+    "F1 and answer-contains carry ± one standard error over the questions; `doc2lora compare`",
+    "tells whether two evaluations on the same questions differ by more than that noise.",
+    "",
+]
+
 
 def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
     """Tables for every QA dataset and the NIAH sweep, plus PNG plots beside the page."""
@@ -25,15 +36,9 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         "",
         f"Hypernetwork: {results.get('hypernet')}. Base model: {results.get('base_model')}.",
         "",
-        "Token F1 and answer-contains score the generated answer against the gold answers. Gold",
-        "answer NLL is the mean negative log-likelihood per token of the gold answer (end of turn",
-        "included). It depends on answer form as much as on knowledge (a model that answers in full",
-        "sentences finds a bare span unlikely), so read it across modes that answer in the same form:",
-        "adapter against unrelated_adapter shows how much of its own document an adapter carries.",
-        "F1 and answer-contains carry ± one standard error over the questions; `doc2lora compare`",
-        "tells whether two evaluations on the same questions differ by more than that noise.",
-        "",
     ]
+    if results.get("qa") or results.get("general"):
+        lines += _SCORES_EXPLAINED
     for name, report in results.get("qa", {}).items():
         lines += [
             f"## {name}: {report['num_questions']} questions, {report['num_documents']} documents",
