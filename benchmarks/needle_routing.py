@@ -8,7 +8,8 @@ BM25 chooses (``Doc2LoRA.focus``, ``--niah-max-chunks`` in the eval) hold the ne
 number. Set against the eval's own hits, that splits every miss into a routing miss (the
 needle's chunk was not chosen) and a reading miss (it was, and its adapter answered wrong);
 ``cut`` counts the needles whose sentence a chunk boundary splits, which no single chunk
-holds whole, and how many of those were answered all the same. No model forward pass runs: only the tokenizer and BM25.
+holds whole, and how many of those were answered all the same. No model forward pass runs:
+only the tokenizer and BM25.
 """
 
 from __future__ import annotations
