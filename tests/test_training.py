@@ -307,6 +307,17 @@ def test_held_out_training_articles_leave_every_squad_source() -> None:
     assert {r.context for r in probe.records} == held_out_contexts
 
 
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_squad_count_takes_an_even_sample_across_the_articles() -> None:
+    spec = {"kind": "squad", "path": str(SQUAD), "per_paragraph": 1}
+    everything = squad_records(SQUAD, "train", per_paragraph=1)
+    (sampled,) = load_sources([{**spec, "count": 50}], tiny_base_model().tokenizer)
+    assert len(sampled.records) == 50 and set(sampled.records) <= set(everything)
+    assert sampled.records[0] == everything[0] and sampled.records[-1] in everything[-len(everything) // 50 :]
+    (whole,) = load_sources([{**spec, "count": 10**6}], tiny_base_model().tokenizer)
+    assert whole.records == everything
+
+
 def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
     first, again = synthetic_fact_records(20, seed=3), synthetic_fact_records(20, seed=3)
     assert first == again and first != synthetic_fact_records(20, seed=4)

@@ -115,12 +115,12 @@ def _niah_lengths(niah: str) -> list[int]:
 
 
 def _eval_records(item: str, limit: int):
-    from doc2lora_rag.training.data import jsonl_records, squad_records, synthetic_fact_records
+    from doc2lora_rag.training.data import even_sample, jsonl_records, squad_records, synthetic_fact_records
 
     kind, _, arg = item.partition(":")
     try:
         if kind == "squad":
-            return "squad-validation", _spread(squad_records(arg, "validation"), limit)
+            return "squad-validation", even_sample(squad_records(arg, "validation"), limit)
         if kind == "jsonl":
             return Path(arg).stem, jsonl_records(arg)[:limit]
         if kind == "synthetic":
@@ -149,14 +149,6 @@ def _interleaved_documents(sources: list[list], count: int) -> list[str]:
             if queue and len(documents) < count:
                 documents.append(queue.pop(0))
     return documents
-
-
-def _spread(records: list, limit: int) -> list:
-    """An even sample across the file, so every validation article is represented."""
-    if len(records) <= limit:
-        return records
-    step = len(records) / limit
-    return [records[int(i * step)] for i in range(limit)]
 
 
 def _print_qa(name: str, report) -> None:

@@ -54,6 +54,14 @@ class QARecord:
 # ---------------------------------------------------------------------------- files
 
 
+def even_sample(records: list, limit: int) -> list:
+    """``limit`` records spread evenly across the list, so every article is represented."""
+    if len(records) <= limit:
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]
+
+
 def squad_records(
     path: str | Path, split: str = "train", per_paragraph: int | None = None, held_out_articles: int = 0
 ) -> list[QARecord]:

@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerBase
 
 from doc2lora_rag.training.data import (
     QARecord,
+    even_sample,
     jsonl_records,
     needle_records,
     squad_records,
@@ -50,7 +51,8 @@ def load_sources(specs: list[dict], tokenizer: PreTrainedTokenizerBase, *, seed:
 
 def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[QARecord]:
     if kind == "squad":
-        return _squad(spec)
+        records = _squad(spec)
+        return even_sample(records, int(spec["count"])) if "count" in spec else records
     if kind == "unrelated":
         return unrelated_records(_squad(spec), int(spec.get("count", 500)), seed=seed)
     if kind == "general":
