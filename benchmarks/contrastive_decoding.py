@@ -76,6 +76,17 @@ def contrastive_answers(engine, questions, own, references, weight, alpha, max_n
     return done
 
 
+def plain_answers(engine, questions, own, max_new_tokens=32) -> list[str]:
+    """Greedy answers with the own adapters alone, in batches of 8 as the paired ones."""
+    done: list[str] = []
+    for start in range(0, len(questions), 8):
+        batch = engine.generate_batch(
+            questions[start : start + 8], adapters=own[start : start + 8], max_new_tokens=max_new_tokens
+        )
+        done += [c.text for c in batch]
+    return done
+
+
 def mean_adapter(references: list[LoRAAdapter]) -> LoRAAdapter:
     """The mean of the references' read parts, plus the shared bias block once."""
     scaled = []
@@ -115,11 +126,10 @@ def main() -> None:
 
     def score(questions, golds, own, reference, weight):
         if reference == "none" or weight == 0:
-            answers = [c.text for s in range(0, len(questions), 8) for c in engine.generate_batch(
-                questions[s : s + 8], adapters=own[s : s + 8], max_new_tokens=32)]
+            answers = plain_answers(engine, questions, own)
         else:
-            refs = [mean if reference == "mean" else None] * len(questions)
-            answers = contrastive_answers(engine, questions, own, refs, weight, args.alpha)
+            references = [mean if reference == "mean" else None] * len(questions)
+            answers = contrastive_answers(engine, questions, own, references, weight, args.alpha)
         scores = _answer_scores(answers, golds)
         return {"f1": _mean(scores["f1"]), "contains": _mean(scores["contains"]), "answers": answers}
 
@@ -128,8 +138,8 @@ def main() -> None:
         row = {}
         for name, records in sources.items():
             golds = [r.gold_answers for r in records]
-            row[name] = score([r.question for r in records], golds, [made[r.context] for r in records],
-                              reference, weight)
+            own = [made[r.context] for r in records]
+            row[name] = score([r.question for r in records], golds, own, reference, weight)
         forced = [made[general_docs[i % len(general_docs)]] for i in range(len(general))]
         row["general"] = score([q for q, _ in general], [a for _, a in general], forced, reference, weight)
         results[f"{reference}:{weight:g}"] = row
@@ -143,12 +153,13 @@ def main() -> None:
     table.add_column("reference:weight")
     for column in columns:
         table.add_column(f"{column} F1 / contains")
+
+    def cell(scores: dict, reference: dict) -> str:
+        ratio = f" ({scores['contains'] / reference['contains']:.2f}x)" if reference["contains"] else ""
+        return f"{scores['f1']:.3f} / {scores['contains']:.3f}{ratio}"
+
     for key, row in results.items():
-        table.add_row(key, *(
-            f"{row[c]['f1']:.3f} / {row[c]['contains']:.3f}"
-            + (f" ({row[c]['contains'] / first[c]['contains']:.2f}x)" if first[c]["contains"] else "")
-            for c in columns
-        ))
+        table.add_row(key, *(cell(row[c], first[c]) for c in columns))
     Console(width=180).print(table)
 
 
