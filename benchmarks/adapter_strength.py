@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
-from doc2lora_rag.cli.evaluate import _eval_records, _interleaved_documents
+from doc2lora_rag.cli.evaluate import _interleaved_documents
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.evaluate import _answer_scores, _mean, general_questions
 from doc2lora_rag.evaluation.likelihood import answer_nll
-from doc2lora_rag.training.data import squad_records, synthetic_fact_records
 
-SQUAD = Path(__file__).resolve().parents[1].parent / "shared/data/squad/dev-v1.1.json.gz"
+from eval_setup import add_eval_options, load_eval, reference_texts
+
 DEFAULT_SETTINGS = "1,1,0;1,1,0.5;1,1,1;1,1,2;1.5,1,0;0.5,1,0;1,0.5,0"
 
 
@@ -93,21 +92,12 @@ def measure(engine, sources, made, general, general_docs, references, setting) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="chunk,bias,guide triples separated by ;")
-    parser.add_argument("--limit", type=int, default=40, help="questions per data source")
-    parser.add_argument("--squad", default=str(SQUAD))
-    parser.add_argument("--hypernet", default=None, help="hypernetwork folder; default: the shipped one")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--json-out", type=Path, default=None)
+    add_eval_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = [tuple(float(x) for x in item.split(",")) for item in args.settings.split(";")]
-    engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
-    sources = dict([_eval_records(f"squad:{args.squad}", args.limit), _eval_records("synthetic:", args.limit)])
+    engine, sources = load_eval(args)
     made = {text: engine.internalize(text) for recs in sources.values() for text in {r.context for r in recs}}
-    reference_texts = list(dict.fromkeys(r.context for r in squad_records(args.squad, "train")[::97]))[:4]
-    reference_texts += list(dict.fromkeys(r.context for r in synthetic_fact_records(8, seed=4242)))[:4]
-    references = [engine.internalize(text) for text in reference_texts]
+    references = [engine.internalize(text) for text in reference_texts(args.squad)]
     general = general_questions()
     general_docs = _interleaved_documents(list(sources.values()), 20)
 

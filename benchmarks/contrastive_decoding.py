@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -31,14 +30,13 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
-from doc2lora_rag.cli.evaluate import _eval_records, _interleaved_documents
-from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.cli.evaluate import _interleaved_documents
 from doc2lora_rag.evaluation.evaluate import _answer_scores, _mean, general_questions, niah_records
 from doc2lora_rag.generation.generate import _generation_config
-from doc2lora_rag.training.data import squad_records, synthetic_fact_records
 
-SQUAD = Path(__file__).resolve().parents[1].parent / "shared/data/squad/dev-v1.1.json.gz"
-DEFAULT_SETTINGS = "none:0;mean:0.5;mean:1;base:0.5;base:1"
+from eval_setup import add_eval_options, load_eval, reference_texts
+
+DEFAULT_SETTINGS = "none:0;mean:0.25;mean:0.5;mean:1;base:0.25;base:0.5;base:1"
 
 
 class PairedContrast(LogitsProcessor):
@@ -103,24 +101,15 @@ def mean_adapter(references: list[LoRAAdapter]) -> LoRAAdapter:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="reference:weight pairs separated by ;")
-    parser.add_argument("--limit", type=int, default=40, help="questions per data source")
     parser.add_argument("--needles", type=int, default=30, help="single-chunk needles of 480 tokens")
     parser.add_argument("--alpha", type=float, default=0.1, help="plausibility cut-off")
-    parser.add_argument("--squad", default=str(SQUAD))
-    parser.add_argument("--hypernet", default=None, help="hypernetwork folder; default: the shipped one")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--json-out", type=Path, default=None)
+    add_eval_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = [(item.split(":")[0], float(item.split(":")[1])) for item in args.settings.split(";")]
-    engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
-    sources = dict([_eval_records(f"squad:{args.squad}", args.limit), _eval_records("synthetic:", args.limit)])
+    engine, sources = load_eval(args)
     sources["needles-480"] = niah_records(engine, args.needles, 480)
     made = {text: engine.internalize(text) for recs in sources.values() for text in {r.context for r in recs}}
-    reference_texts = list(dict.fromkeys(r.context for r in squad_records(args.squad, "train")[::97]))[:4]
-    reference_texts += list(dict.fromkeys(r.context for r in synthetic_fact_records(8, seed=4242)))[:4]
-    mean = mean_adapter([engine.internalize(text) for text in reference_texts])
+    mean = mean_adapter([engine.internalize(text) for text in reference_texts(args.squad)])
     general = general_questions()
     general_docs = _interleaved_documents([sources["squad-validation"], sources["synthetic-heldout"]], 20)
 

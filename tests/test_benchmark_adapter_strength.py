@@ -3,18 +3,13 @@ its docstring promises, so the benchmark's table measures what it says."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
+from tests.benchmark_loader import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "adapter_strength.py"
-_SPEC = importlib.util.spec_from_file_location("adapter_strength", _PATH)
-adapter_strength = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(adapter_strength)
+adapter_strength = load_benchmark("adapter_strength")
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,15 @@ reference adapter, and the paired generation agreeing with plain greedy decoding
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
+from tests.benchmark_loader import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "contrastive_decoding.py"
-_SPEC = importlib.util.spec_from_file_location("contrastive_decoding", _PATH)
-contrastive_decoding = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(contrastive_decoding)
+contrastive_decoding = load_benchmark("contrastive_decoding")
 
 
 @pytest.fixture(scope="module")

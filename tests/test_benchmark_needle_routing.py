@@ -3,15 +3,10 @@ only needles that a chunk boundary really splits."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from doc2lora_rag.training.data import needle_records
+from tests.benchmark_loader import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "needle_routing.py"
-_SPEC = importlib.util.spec_from_file_location("needle_routing", _PATH)
-needle_routing = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(needle_routing)
+needle_routing = load_benchmark("needle_routing")
 
 
 def test_needle_sentence_is_the_whole_sentence_with_the_number() -> None:
