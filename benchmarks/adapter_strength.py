@@ -80,8 +80,8 @@ def measure(engine, sources, made, general, general_docs, references, setting) -
         row[name] = {
             "f1": _mean(scores["f1"]),
             "contains": _mean(scores["contains"]),
-            "nll": _mean(answer_nll(engine, questions, golds, adapters=own)),
-            "nll_other": _mean(answer_nll(engine, questions, golds, adapters=other)),
+            "nll": _mean(answer_nll(engine, questions, [r.answer for r in records], adapters=own)),
+            "nll_other": _mean(answer_nll(engine, questions, [r.answer for r in records], adapters=other)),
         }
     forced = [adapters[general_docs[i % len(general_docs)]] for i in range(len(general))]
     scores = _answer_scores(answers(engine, [q for q, _ in general], forced), [a for _, a in general])

@@ -3,10 +3,13 @@ its docstring promises, so the benchmark's table measures what it says."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
+from doc2lora_rag.training.data import synthetic_fact_records
 from tests.benchmark_loader import load_benchmark
 
 adapter_strength = load_benchmark("adapter_strength")
@@ -52,3 +55,16 @@ def test_guidance_moves_the_adapter_away_from_the_references(adapters) -> None:
     assert not torch.allclose(
         guided.delta("down_proj", adapter.layers[0]), adapter.delta("down_proj", adapter.layers[0]), atol=1e-5
     )
+
+
+def test_measure_scores_every_source_and_the_general_questions(tiny_engine, adapters) -> None:
+    records = synthetic_fact_records(2, seed=11)[:3]
+    made = {r.context: tiny_engine.internalize(r.context) for r in records}
+    row = adapter_strength.measure(
+        tiny_engine, {"facts": records}, made, [("What is two plus two?", ["four", "4"])],
+        [records[0].context], [adapters[1]], (1.0, 1.0, 0.5),
+    )
+    assert set(row) == {"facts", "general"}
+    assert set(row["facts"]) == {"f1", "contains", "nll", "nll_other"}
+    assert all(math.isfinite(value) and value > 0 for value in (row["facts"]["nll"], row["facts"]["nll_other"]))
+    assert 0.0 <= row["general"]["contains"] <= 1.0
