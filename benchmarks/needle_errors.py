@@ -1,6 +1,7 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
-    python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...] [--threads 2]
+    python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
+        [--beams 1,4] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -12,7 +13,9 @@ sorted into one kind, side by side for each hypernetwork given (default: the shi
 - ``other``: anything else (another number, or none).
 
 Reordered and one-edit misses mean the adapter carries the number's digits but not their
-exact sequence; other misses mean the number did not get through at all.
+exact sequence; other misses mean the number did not get through at all. ``--beams`` answers
+with beam search of that width as well (1: greedy, as the library answers), to tell whether a
+sequence the adapter finds more likely as a whole would be the right one.
 """
 
 from __future__ import annotations
@@ -23,9 +26,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.evaluate import niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
+from doc2lora_rag.generation.generate import _generation_config
+
+
+@torch.inference_mode()
+def answer(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_tokens: int = 12) -> str:
+    """The greedy answer as the library gives it, or beam search of width ``beams``."""
+    if beams == 1:
+        return engine.generate(question, adapters=[adapter], max_new_tokens=max_new_tokens)
+    base = engine.base
+    batch = base.tokenizer([engine.prompt(question)], return_tensors="pt", add_special_tokens=False)
+    config = _generation_config(base, max_new_tokens)
+    config.num_beams = beams
+    with adapters_attached(base.model, [adapter]):
+        output = base.model.generate(**batch.to(base.device), generation_config=config)
+    return base.tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def main() -> None:
@@ -33,6 +52,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="128,256,480")
     parser.add_argument("--count", type=int, default=30, help="needles per length")
     parser.add_argument("--hypernet", nargs="+", default=[None], help="hypernetwork folders; default: the shipped one")
+    parser.add_argument("--beams", default="1", help="beam widths to answer with (1: greedy)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -42,18 +62,22 @@ def main() -> None:
         shared = next(iter(engines.values())).base if engines else None
         engines[folder or "shipped"] = Doc2LoRA.from_pretrained(hypernet=folder, base_model=shared)
     table = Table(title=f"single-chunk needle answers by kind ({args.count} needles per length)")
-    for column in ("hypernetwork", "haystack tokens", *NUMBER_ANSWER_KINDS):
+    for column in ("hypernetwork", "beams", "haystack tokens", *NUMBER_ANSWER_KINDS):
         table.add_column(column)
     first = next(iter(engines.values()))  # one base model, so one tokenizer, for all networks
     haystacks = {int(x): niah_records(first, args.count, int(x)) for x in args.lengths.split(",")}
+    widths = [int(x) for x in args.beams.split(",")]
     for name, engine in engines.items():
         for length, records in haystacks.items():
-            counts = dict.fromkeys(NUMBER_ANSWER_KINDS, 0)
+            counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in widths}
             for record in records:
                 adapter = engine.internalize(record.context)
-                answer = engine.generate(record.question, adapters=[adapter], max_new_tokens=12)
-                counts[number_answer_kind(answer, record.answer)] += 1
-            table.add_row(name, str(length), *(f"{counts[k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS))
+                for beams in widths:
+                    given = answer(engine, record.question, adapter, beams)
+                    counts[beams][number_answer_kind(given, record.answer)] += 1
+            for beams in widths:
+                shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
+                table.add_row(name, str(beams), str(length), *shares)
     Console(width=140).print(table)
 
 
