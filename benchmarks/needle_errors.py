@@ -33,11 +33,16 @@ from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_k
 from doc2lora_rag.generation.generate import _generation_config
 
 
-@torch.inference_mode()
 def answer(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_tokens: int = 12) -> str:
     """The greedy answer as the library gives it, or beam search of width ``beams``."""
     if beams == 1:
         return engine.generate(question, adapters=[adapter], max_new_tokens=max_new_tokens)
+    return beam_search(engine, question, adapter, beams, max_new_tokens)
+
+
+@torch.inference_mode()
+def beam_search(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_tokens: int = 12) -> str:
+    """The answer of ``transformers``' beam search with the adapter attached (width 1: greedy)."""
     base = engine.base
     batch = base.tokenizer([engine.prompt(question)], return_tensors="pt", add_special_tokens=False)
     config = _generation_config(base, max_new_tokens)
