@@ -29,11 +29,10 @@ from rich.table import Table
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.cli.evaluate import _interleaved_documents
-from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.evaluate import _answer_scores, _mean, general_questions
 from doc2lora_rag.evaluation.likelihood import answer_nll
 
-from eval_setup import add_eval_options, load_eval, reference_texts
+from eval_setup import add_eval_options, greedy_answers, load_eval, reference_texts
 
 DEFAULT_SETTINGS = "1,1,0;1,1,0.5;1,1,1;1,1,2;1.5,1,0;0.5,1,0;1,0.5,0"
 
@@ -56,35 +55,26 @@ def reweighted(adapter: LoRAAdapter, references: list[LoRAAdapter], chunk: float
     return adapter._replace(factors=factors, num_chunks=1 if guide else adapter.num_chunks, metadata={})
 
 
-def answers(engine: Doc2LoRA, questions: list[str], adapters: list[LoRAAdapter]) -> list[str]:
-    done: list[str] = []
-    for start in range(0, len(questions), 8):
-        batch = engine.generate_batch(
-            questions[start : start + 8], adapters=adapters[start : start + 8], max_new_tokens=32
-        )
-        done += [c.text for c in batch]
-    return done
-
-
 def measure(engine, sources, made, general, general_docs, references, setting) -> dict:
     chunk, bias, guide = setting
     adapters = {text: reweighted(ad, references, chunk, bias, guide) for text, ad in made.items()}
     row: dict = {}
     for name, records in sources.items():
         questions, golds = [r.question for r in records], [r.gold_answers for r in records]
+        first_golds = [r.answer for r in records]  # the likelihood scores one answer, as doc2lora eval does
         documents = list(dict.fromkeys(r.context for r in records))
         next_document = dict(zip(documents, documents[1:] + documents[:1], strict=True))  # as eval's unrelated_adapter
         own = [adapters[r.context] for r in records]
         other = [adapters[next_document[r.context]] for r in records]
-        scores = _answer_scores(answers(engine, questions, own), golds)
+        scores = _answer_scores(greedy_answers(engine, questions, own), golds)
         row[name] = {
             "f1": _mean(scores["f1"]),
             "contains": _mean(scores["contains"]),
-            "nll": _mean(answer_nll(engine, questions, [r.answer for r in records], adapters=own)),
-            "nll_other": _mean(answer_nll(engine, questions, [r.answer for r in records], adapters=other)),
+            "nll": _mean(answer_nll(engine, questions, first_golds, adapters=own)),
+            "nll_other": _mean(answer_nll(engine, questions, first_golds, adapters=other)),
         }
     forced = [adapters[general_docs[i % len(general_docs)]] for i in range(len(general))]
-    scores = _answer_scores(answers(engine, [q for q, _ in general], forced), [a for _, a in general])
+    scores = _answer_scores(greedy_answers(engine, [q for q, _ in general], forced), [a for _, a in general])
     row["general"] = {"contains": _mean(scores["contains"])}
     return row
 

@@ -34,7 +34,7 @@ from doc2lora_rag.cli.evaluate import _interleaved_documents
 from doc2lora_rag.evaluation.evaluate import _answer_scores, _mean, general_questions, niah_records
 from doc2lora_rag.generation.generate import _generation_config
 
-from eval_setup import add_eval_options, load_eval, reference_texts
+from eval_setup import add_eval_options, greedy_answers, load_eval, reference_texts
 
 DEFAULT_SETTINGS = "none:0;mean:0.25;mean:0.5;mean:1;base:0.25;base:0.5;base:1"
 
@@ -58,6 +58,7 @@ class PairedContrast(LogitsProcessor):
 @torch.inference_mode()
 def contrastive_answers(engine, questions, own, references, weight, alpha, max_new_tokens=32) -> list[str]:
     base, done = engine.base, []
+    config = _generation_config(base, max_new_tokens)
     for start in range(0, len(questions), 8):
         chunk = questions[start : start + 8]
         prompts = [engine.prompt(q) for q in chunk] * 2
@@ -65,23 +66,11 @@ def contrastive_answers(engine, questions, own, references, weight, alpha, max_n
         batch = base.tokenizer(
             prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         )
-        config = _generation_config(base, max_new_tokens)
         processors = LogitsProcessorList([PairedContrast(len(chunk), weight, alpha)])
         with adapters_attached(base.model, rows, per_row=True):
             output = base.model.generate(**batch, generation_config=config, logits_processor=processors)
         new = output[: len(chunk), batch["input_ids"].shape[1] :]
         done += [t.strip() for t in base.tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return done
-
-
-def plain_answers(engine, questions, own, max_new_tokens=32) -> list[str]:
-    """Greedy answers with the own adapters alone, in batches of 8 as the paired ones."""
-    done: list[str] = []
-    for start in range(0, len(questions), 8):
-        batch = engine.generate_batch(
-            questions[start : start + 8], adapters=own[start : start + 8], max_new_tokens=max_new_tokens
-        )
-        done += [c.text for c in batch]
     return done
 
 
@@ -115,7 +104,7 @@ def main() -> None:
 
     def score(questions, golds, own, reference, weight):
         if reference == "none" or weight == 0:
-            answers = plain_answers(engine, questions, own)
+            answers = greedy_answers(engine, questions, own)
         else:
             references = [mean if reference == "mean" else None] * len(questions)
             answers = contrastive_answers(engine, questions, own, references, weight, args.alpha)

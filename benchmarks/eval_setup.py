@@ -1,5 +1,6 @@
 """What the answer-time benchmarks share: their options, the questions of ``doc2lora eval``
-(SQuAD validation and fresh synthetic facts) and the reference documents they contrast with."""
+(SQuAD validation and fresh synthetic facts), the reference documents they contrast with, and
+plain greedy answers to set against."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.cli.evaluate import _eval_records
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.training.data import QARecord, squad_records, synthetic_fact_records
@@ -36,3 +38,16 @@ def reference_texts(squad: str | Path) -> list[str]:
     """4 SQuAD training paragraphs and 4 synthetic fact documents of a seed no evaluation uses."""
     texts = list(dict.fromkeys(r.context for r in squad_records(squad, "train")[::97]))[:4]
     return texts + list(dict.fromkeys(r.context for r in synthetic_fact_records(8, seed=4242)))[:4]
+
+
+def greedy_answers(
+    engine: Doc2LoRA, questions: list[str], adapters: list[LoRAAdapter | None], max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy answers with ``adapters[i]`` on question i, in batches of 8."""
+    done: list[str] = []
+    for start in range(0, len(questions), 8):
+        batch = engine.generate_batch(
+            questions[start : start + 8], adapters=adapters[start : start + 8], max_new_tokens=max_new_tokens
+        )
+        done += [c.text for c in batch]
+    return done
