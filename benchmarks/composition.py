@@ -75,9 +75,10 @@ def main() -> None:
         # Before any document is read, so internalize and focus both split at this size.
         engine.config.chunk_size = args.chunk_size
     tokenizer, wrapper, size = engine.tokenizer, engine.wrapper, engine.config.chunk_size
+    chunking = engine.chunking
     filler = " ".join(filler_sentence(random.Random(NIAH_SEED + 1)) for _ in range(200))
     references = {
-        "filler-centred": engine._chunk_factors(chunk_token_ids(tokenizer, wrapper, filler, size)[:1])[0],
+        "filler-centred": engine._chunk_factors(chunk_token_ids(tokenizer, wrapper, filler, size, chunking)[:1])[0],
         "empty-centred": engine._chunk_factors([wrapper.wrap([])])[0],
     }
     table = Table(title=f"needle recall by composition rule ({args.count} needles per length, chunks of {size} tokens)")
@@ -87,7 +88,7 @@ def main() -> None:
         hits = dict.fromkeys(rules, 0.0)
         chunk_count = 0
         for record in niah_records(engine, args.count, length):
-            chunks = chunk_token_ids(tokenizer, wrapper, record.context, size)
+            chunks = chunk_token_ids(tokenizer, wrapper, record.context, size, chunking)
             factors = engine._chunk_factors(chunks)
             chunk_count = len(chunks)
             texts = [tokenizer.decode(c) for c in chunks]

@@ -85,7 +85,7 @@ def filler_text(base: BaseModel, tokens: int, seed: int = 0) -> tuple[str, int]:
 
 def chunk_batches(engine: Doc2LoRA, text: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The padded chunk batches ``internalize`` feeds the base model, built the same way."""
-    chunks = chunk_token_ids(engine.tokenizer, engine.wrapper, text, engine.config.chunk_size)
+    chunks = chunk_token_ids(engine.tokenizer, engine.wrapper, text, engine.config.chunk_size, engine.chunking)
     pad_id = engine.tokenizer.pad_token_id
     batches = []
     for batch in token_budget_batches([len(c) for c in chunks], engine.token_budget):

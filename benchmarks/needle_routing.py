@@ -8,7 +8,8 @@ BM25 chooses (``Doc2LoRA.focus``, ``--niah-max-chunks`` in the eval) hold the ne
 number. Set against the eval's own hits, that splits every miss into a routing miss (the
 needle's chunk was not chosen) and a reading miss (it was, and its adapter answered wrong);
 ``cut`` counts the needles whose sentence a chunk boundary splits, which no single chunk
-holds whole, and how many of those were answered all the same. No model forward pass runs:
+holds whole, and how many of those were answered all the same (chunks are split as the
+eval split them). No model forward pass runs:
 only the tokenizer and BM25.
 """
 
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="JSON written by doc2lora eval --niah ... --json-out")
     parser.add_argument("--max-chunks", type=int, default=3, help="the eval's --niah-max-chunks")
     args = parser.parse_args()
-    niah = json.loads(args.results.read_text())["niah"]
+    results = json.loads(args.results.read_text())
+    niah = results["niah"]
+    chunking = results.get("chunking", "tokens")  # evals before it was recorded cut every 512 tokens
     engine = Doc2LoRA.from_pretrained()
     table = Table(title="needles from the best chunks: routing against reading")
     for column in ("haystack tokens", "needles", "cut (answered)", "needle chosen", "answered when chosen", "answered"):
@@ -42,7 +45,7 @@ def main() -> None:
             raise SystemExit(f"{args.results} has no best-chunk answers at {length} tokens (--niah-max-chunks 0?)")
         chosen, cut = [], []
         for record in niah_records(engine, len(hits), int(length)):
-            texts = engine._chunk_texts(record.context)
+            texts = engine._chunk_texts(record.context, chunking)
             cut.append(not any(_needle_sentence(record.context, record.answer) in text for text in texts))
             picked = best_chunks(record.question, texts, args.max_chunks)
             chosen.append(any(record.answer in texts[i] for i in (picked or range(len(texts)))))

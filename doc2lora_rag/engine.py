@@ -18,7 +18,14 @@ from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS, validate_text
 from doc2lora_rag.errors import IncompatibleModelError
 from doc2lora_rag.generation.generate import Completion, complete, stream
-from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, pad_right, token_budget_batches
+from doc2lora_rag.hypernetwork.chunking import (
+    CHUNKINGS,
+    DEFAULT_CHUNKING,
+    chunk_texts,
+    chunk_token_ids,
+    pad_right,
+    token_budget_batches,
+)
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.router.chunks import best_chunks
@@ -32,7 +39,16 @@ Adapters = LoRAAdapter | Sequence[LoRAAdapter] | None
 class Doc2LoRA:
     """A frozen base model plus the hypernetwork that writes adapters for it."""
 
-    def __init__(self, base: BaseModel, hypernet: HyperNetwork, *, max_chars: int = MAX_DOCUMENT_CHARS):
+    def __init__(
+        self,
+        base: BaseModel,
+        hypernet: HyperNetwork,
+        *,
+        max_chars: int = MAX_DOCUMENT_CHARS,
+        chunking: str = DEFAULT_CHUNKING,
+    ):
+        if chunking not in CHUNKINGS:
+            raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
         self.base = base
         self.fingerprint = model_fingerprint(base.model)
         if hypernet.config.base_fingerprint != self.fingerprint:
@@ -44,6 +60,7 @@ class Doc2LoRA:
         self.hypernet = hypernet.to(base.device, base.dtype).eval()
         self.wrapper = ChatWrapper.for_tokenizer(base.tokenizer)
         self.max_chars = max_chars
+        self.chunking = chunking  # where chunks end: see hypernetwork/chunking.py
         self.token_budget = 8192  # chunk tokens per hypernetwork batch
         self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting
@@ -58,10 +75,12 @@ class Doc2LoRA:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        chunking: str = DEFAULT_CHUNKING,
         **hypernet_options,
     ) -> Doc2LoRA:
         """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
-        hypernetwork (or a fresh, untrained one where none fits, with a warning)."""
+        hypernetwork (or a fresh, untrained one where none fits, with a warning). ``chunking``
+        says where a long document's chunks end (``"sentences"`` or ``"tokens"``)."""
         base = (
             base_model if isinstance(base_model, BaseModel) else load_base_model(base_model, device=device, dtype=dtype)
         )
@@ -80,7 +99,7 @@ class Doc2LoRA:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 network = HyperNetwork(HypernetConfig.for_base_model(base, **hypernet_options))
-        return cls(base, network)
+        return cls(base, network, chunking=chunking)
 
     @property
     def model(self):
@@ -113,7 +132,7 @@ class Doc2LoRA:
             raise ValueError(f"got {len(metadata)} metadata dicts for {len(texts)} documents")
         chunks, owner = [], []
         for doc_index, text in enumerate(texts):
-            for chunk in chunk_token_ids(self.tokenizer, self.wrapper, text, self.config.chunk_size):
+            for chunk in chunk_token_ids(self.tokenizer, self.wrapper, text, self.config.chunk_size, self.chunking):
                 chunks.append(chunk)
                 owner.append(doc_index)
         per_chunk = self._chunk_factors(chunks)
@@ -150,6 +169,7 @@ class Doc2LoRA:
             base_fingerprint=self.fingerprint,
             hypernet_fingerprint=self.hypernet.fingerprint,
             num_chunks=num_chunks,
+            chunking=self.chunking,
             metadata=dict(metadata),
             bias_rank=self.config.bias_rank if bias_rank is None else bias_rank,
         )
@@ -161,14 +181,14 @@ class Doc2LoRA:
         holds, while the right chunk's adapter alone answers (``benchmarks/composition.py``)."""
         if adapter.num_chunks <= max_chunks:
             return adapter
-        texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars))
+        texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars), adapter.chunking)
         if len(texts) != adapter.num_chunks:
             raise ValueError(f"the text splits into {len(texts)} chunks, the adapter has {adapter.num_chunks}")
         chosen = best_chunks(question, texts, max_chunks)
         return adapter if chosen is None else adapter.select_chunks(chosen)
 
-    def _split_chunk_texts(self, text: str) -> tuple[str, ...]:
-        return tuple(chunk_texts(self.tokenizer, text, self.config.chunk_size))
+    def _split_chunk_texts(self, text: str, chunking: str) -> tuple[str, ...]:
+        return tuple(chunk_texts(self.tokenizer, text, self.config.chunk_size, chunking))
 
     # ------------------------------------------------------------------ answer
 

@@ -17,7 +17,7 @@ from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, L
 from doc2lora_rag.adapters import lora as lora_module
 from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from doc2lora_rag.adapters.runtime import adapters_attached
-from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids
+from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, split_token_ids
 from doc2lora_rag.router.chunks import best_chunks
 
 SHORT_DOC = "The lighthouse keeper on Varn Island logs the tide at 06:40 every morning."
@@ -153,8 +153,17 @@ def _rewrite_info(weights, change, *, reseal: bool = True) -> None:
         lambda info: {**info, "layers": [*info["layers"], 99]},
         lambda info: {**info, "layers": "0123"},
         lambda info: {**info, "module_paths": {}},
+        lambda info: {**info, "chunking": "paragraphs"},
     ],
-    ids=["not an object", "no layers", "no fingerprint", "unknown layer", "layers a string", "no modules"],
+    ids=[
+        "not an object",
+        "no layers",
+        "no fingerprint",
+        "unknown layer",
+        "layers a string",
+        "no modules",
+        "unknown chunking",
+    ],
 )
 def test_malformed_header_metadata_is_refused(saved_adapter, change) -> None:
     """Valid JSON of the wrong shape is as unreadable as broken JSON, not a KeyError."""
@@ -397,3 +406,48 @@ def test_focus_answers_with_the_matching_chunk_of_a_long_document(tiny_engine, c
     assert tiny_engine.focus(adapter, text, "Quantum chromodynamics?", max_chunks=1) is adapter
     with pytest.raises(ValueError, match="splits into"):
         tiny_engine.focus(adapter, CHAPTERS[0], "What does the telescope track?", max_chunks=1)
+
+
+SENTENCES = "Ada keeps bees. The hives stand by the river! Why? Honey sells in May.\nPrices rise. " * 4
+
+
+def test_sentence_chunks_end_where_sentences_end_and_keep_every_token(tiny_engine) -> None:
+    tokenizer = tiny_engine.tokenizer
+    whole = tokenizer.encode(SENTENCES, add_special_tokens=False)
+    by_tokens = split_token_ids(tokenizer, SENTENCES, 40, "tokens")
+    by_sentences = split_token_ids(tokenizer, SENTENCES, 40, "sentences")
+    assert sum(by_tokens, []) == whole == sum(by_sentences, [])
+    assert all(len(chunk) == 40 for chunk in by_tokens[:-1])
+    assert any(not tokenizer.decode(chunk).rstrip().endswith((".", "!", "?")) for chunk in by_tokens[:-1])
+    assert len(by_sentences) > len(by_tokens)
+    for chunk in by_sentences:
+        assert len(chunk) <= 40
+        assert tokenizer.decode(chunk).rstrip().endswith((".", "!", "?")), tokenizer.decode(chunk)
+    # A sentence longer than a chunk is cut after chunk_size tokens, as it must be.
+    long = "A" * 100 + ". Short one. Another short one."
+    pieces = [tokenizer.decode(c) for c in split_token_ids(tokenizer, long, 40, "sentences")]
+    assert pieces == ["A" * 40, "A" * 40, "A" * 20 + ". Short one. ", "Another short one."]
+    with pytest.raises(ValueError, match="chunking must be one of"):
+        split_token_ids(tokenizer, SENTENCES, 40, "paragraphs")
+    with pytest.raises(ValueError, match="chunking must be one of"):
+        Doc2LoRA(tiny_engine.base, tiny_engine.hypernet, chunking="paragraphs")
+
+
+def test_an_adapter_keeps_its_chunking_and_focus_splits_its_text_by_it(tiny_engine, tmp_path) -> None:
+    """Chunks found for a question must be the adapter's own, whichever rule the engine uses now."""
+    text = " ".join(CHAPTERS)
+    by_tokens = Doc2LoRA(tiny_engine.base, tiny_engine.hypernet, chunking="tokens")
+    adapter = by_tokens.internalize(text)
+    assert tiny_engine.chunking == "sentences" and adapter.chunking == "tokens"
+    texts = chunk_texts(tiny_engine.tokenizer, text, tiny_engine.config.chunk_size, "tokens")
+    assert texts != chunk_texts(tiny_engine.tokenizer, text, tiny_engine.config.chunk_size, "sentences")
+    focused = tiny_engine.focus(adapter, text, "What does the bronze telescope track?", max_chunks=1)
+    assert "telescope" in texts[focused.metadata["chunks"][0]]
+    loaded = LoRAAdapter.from_pretrained(adapter.save_pretrained(tmp_path / "tokens"))
+    assert loaded.chunking == "tokens"
+    assert LoRAAdapter.from_pretrained(tiny_engine.internalize(text).save_pretrained(tmp_path / "s")).chunking == (
+        "sentences"
+    )
+    # Files written before the rule was recorded were split every chunk_size tokens.
+    _rewrite_info(tmp_path / "s" / WEIGHTS_FILE, lambda info: {k: v for k, v in info.items() if k != "chunking"})
+    assert LoRAAdapter.from_pretrained(tmp_path / "s").chunking == "tokens"

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from doc2lora_rag.errors import AdapterFormatError, IncompatibleModelError
+from doc2lora_rag.hypernetwork.chunking import CHUNKINGS
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -38,6 +39,9 @@ class LoRAAdapter:
     base_fingerprint: str
     hypernet_fingerprint: str | None = None
     num_chunks: int = 1
+    # Where its document's chunks end (hypernetwork/chunking.py); files written before this
+    # was recorded were split every ``chunk_size`` tokens.
+    chunking: str = "tokens"
     metadata: dict = field(default_factory=dict)
     # The last ``bias_rank`` ranks are the hypernetwork's document-independent block.
     bias_rank: int = 0
@@ -163,6 +167,7 @@ class LoRAAdapter:
             "base_fingerprint": self.base_fingerprint,
             "hypernet_fingerprint": self.hypernet_fingerprint,
             "num_chunks": self.num_chunks,
+            "chunking": self.chunking,
             "bias_rank": self.bias_rank,
             "metadata": self.metadata,
         }
@@ -202,6 +207,9 @@ class LoRAAdapter:
             layers, paths = info["layers"], info["module_paths"]
             if not layers or not paths:
                 raise ValueError("it names no layers or no modules")
+            chunking = info.get("chunking", "tokens")
+            if chunking not in CHUNKINGS:
+                raise ValueError(f"its chunks were split by an unknown rule, {chunking!r}")
             factors = {}
             for name in paths:
                 keys = [_PEFT_PREFIX + paths[name][layer] for layer in layers]
@@ -217,6 +225,7 @@ class LoRAAdapter:
                 base_fingerprint=info["base_fingerprint"],
                 hypernet_fingerprint=info["hypernet_fingerprint"],
                 num_chunks=info["num_chunks"],
+                chunking=chunking,
                 metadata=info["metadata"],
                 bias_rank=info.get("bias_rank", 0),
             )

@@ -43,6 +43,9 @@ def evaluate(
         typer.Option(help="general-knowledge questions with the adapters of this many evaluated documents (0: skip)"),
     ] = 20,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
+    chunking: Annotated[
+        str, typer.Option(help="where long documents' chunks end: sentences, or every chunk_size tokens")
+    ] = "sentences",
     json_out: Annotated[Path | None, typer.Option(help="write all numbers as JSON here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write a Markdown report (with plots) here")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
@@ -59,10 +62,11 @@ def evaluate(
     with user_errors():  # every input is checked before the model loads and hours of scoring start
         lengths = _niah_lengths(niah)
         sources = [_eval_records(item, limit) for item in data or []]
-        engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model)
+        engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model, chunking=chunking)
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
-    results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "qa": {}, "niah": {}}
+    results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "chunking": chunking}
+    results |= {"qa": {}, "niah": {}}
     evaluated: list[list] = []
     for name, records in sources:
         evaluated.append(records)

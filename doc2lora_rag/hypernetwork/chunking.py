@@ -2,31 +2,79 @@
 
 Each chunk yields its own rank-r LoRA and the chunk LoRAs are concatenated, so documents far
 beyond the base model's context window can be internalised: no chunk ever exceeds it.
+
+Chunks end where sentences end (``"sentences"``, the default) whenever a sentence fits: a fact
+cut in two by a chunk boundary is held by neither chunk's adapter. ``"tokens"`` cuts every
+``chunk_size`` tokens, as adapters made before sentence boundaries were; an adapter records its
+splitting (``LoRAAdapter.chunking``) so that its chunks can be matched to their text again.
 """
 
 from __future__ import annotations
+
+import bisect
+import re
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from doc2lora_rag.base_model.prompts import ChatWrapper
 
+CHUNKINGS = ("sentences", "tokens")
+DEFAULT_CHUNKING = "sentences"
+# Where a new sentence starts: after . ! ? (and any closing quotes or brackets) and whitespace,
+# or after a line break.
+_SENTENCE_START = re.compile(r"(?:[.!?][\"'\u201d\u2019)\]]*\s+|\n\s*)(?=\S)")
+
 
 def chunk_token_ids(
-    tokenizer: PreTrainedTokenizerBase, wrapper: ChatWrapper, text: str, chunk_size: int
+    tokenizer: PreTrainedTokenizerBase,
+    wrapper: ChatWrapper,
+    text: str,
+    chunk_size: int,
+    chunking: str = DEFAULT_CHUNKING,
 ) -> list[list[int]]:
     """Token ids of each chunk of at most ``chunk_size`` document tokens, chat-wrapped."""
-    return [wrapper.wrap(ids) for ids in _split(tokenizer, text, chunk_size)]
+    return [wrapper.wrap(ids) for ids in split_token_ids(tokenizer, text, chunk_size, chunking)]
 
 
-def chunk_texts(tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int) -> list[str]:
+def chunk_texts(
+    tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int, chunking: str = DEFAULT_CHUNKING
+) -> list[str]:
     """The text of each chunk, split exactly as :func:`chunk_token_ids` splits it."""
-    return [tokenizer.decode(ids) for ids in _split(tokenizer, text, chunk_size)]
+    return [tokenizer.decode(ids) for ids in split_token_ids(tokenizer, text, chunk_size, chunking)]
 
 
-def _split(tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int) -> list[list[int]]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+def split_token_ids(
+    tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int, chunking: str = DEFAULT_CHUNKING
+) -> list[list[int]]:
+    """The document's token ids in chunks of at most ``chunk_size``; the ids are those of the
+    whole text tokenised at once, so chunking never changes how a word is tokenised."""
+    if chunking not in CHUNKINGS:
+        raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
+    if chunking == "tokens":
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, starts = encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
+    # The token holding a sentence's first character opens it (byte-level tokens carry the
+    # space before a word, so that token may start one character earlier).
+    cuts = sorted({bisect.bisect_right(starts, m.end()) - 1 for m in _SENTENCE_START.finditer(text)} - {0})
+    return [ids[begin:end] for begin, end in _pack(cuts, len(ids), chunk_size)]
+
+
+def _pack(cuts: list[int], length: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Spans of at most ``chunk_size`` tokens, each ending at the last allowed cut that fits
+    (or after ``chunk_size`` tokens when a single sentence is longer than that)."""
+    spans, begin = [], 0
+    while begin < length:
+        end = min(begin + chunk_size, length)
+        if end < length:
+            fitting = bisect.bisect_right(cuts, end) - 1
+            if fitting >= 0 and cuts[fitting] > begin:
+                end = cuts[fitting]
+        spans.append((begin, end))
+        begin = end
+    return spans
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
