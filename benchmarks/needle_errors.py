@@ -1,7 +1,7 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--threads 2]
+        [--beams 1,4] [--json-out FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -15,12 +15,15 @@ sorted into one kind, side by side for each hypernetwork given (default: the shi
 Reordered and one-edit misses mean the adapter carries the number's digits but not their
 exact sequence; other misses mean the number did not get through at all. ``--beams`` answers
 with beam search of that width as well (1: greedy, as the library answers), to tell whether a
-sequence the adapter finds more likely as a whole would be the right one.
+sequence the adapter finds more likely as a whole would be the right one. ``--json-out`` keeps
+every needle's answer and kind, so that two networks can be compared needle by needle.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30, help="needles per length")
     parser.add_argument("--hypernet", nargs="+", default=[None], help="hypernetwork folders; default: the shipped one")
     parser.add_argument("--beams", default="1", help="beam widths to answer with (1: greedy)")
+    parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -72,6 +76,7 @@ def main() -> None:
     first = next(iter(engines.values()))  # one base model, so one tokenizer, for all networks
     haystacks = {int(x): niah_records(first, args.count, int(x)) for x in args.lengths.split(",")}
     widths = [int(x) for x in args.beams.split(",")]
+    answers: dict[str, dict] = {}
     for name, engine in engines.items():
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in widths}
@@ -79,11 +84,16 @@ def main() -> None:
                 adapter = engine.internalize(record.context)
                 for beams in widths:
                     given = answer(engine, record.question, adapter, beams)
-                    counts[beams][number_answer_kind(given, record.answer)] += 1
+                    kind = number_answer_kind(given, record.answer)
+                    counts[beams][kind] += 1
+                    needles = answers.setdefault(f"{name} beams={beams} tokens={length}", [])
+                    needles.append({"number": record.answer, "answer": given, "kind": kind})
             for beams in widths:
                 shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
                 table.add_row(name, str(beams), str(length), *shares)
     Console(width=140).print(table)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(answers, indent=1))
 
 
 if __name__ == "__main__":
