@@ -19,8 +19,8 @@ from doc2lora_rag.documents import MAX_DOCUMENT_CHARS, validate_text
 from doc2lora_rag.errors import IncompatibleModelError
 from doc2lora_rag.generation.generate import Completion, complete, stream
 from doc2lora_rag.hypernetwork.chunking import (
-    CHUNKINGS,
     DEFAULT_CHUNKING,
+    check_chunking,
     chunk_texts,
     chunk_token_ids,
     pad_right,
@@ -47,8 +47,6 @@ class Doc2LoRA:
         max_chars: int = MAX_DOCUMENT_CHARS,
         chunking: str = DEFAULT_CHUNKING,
     ):
-        if chunking not in CHUNKINGS:
-            raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
         self.base = base
         self.fingerprint = model_fingerprint(base.model)
         if hypernet.config.base_fingerprint != self.fingerprint:
@@ -60,7 +58,7 @@ class Doc2LoRA:
         self.hypernet = hypernet.to(base.device, base.dtype).eval()
         self.wrapper = ChatWrapper.for_tokenizer(base.tokenizer)
         self.max_chars = max_chars
-        self.chunking = chunking  # where chunks end: see hypernetwork/chunking.py
+        self.chunking = check_chunking(chunking)  # where chunks end: see hypernetwork/chunking.py
         self.token_budget = 8192  # chunk tokens per hypernetwork batch
         self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting

@@ -65,8 +65,13 @@ def evaluate(
         engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model, chunking=chunking)
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
-    results: dict = {"hypernet": hypernet or "shipped default", "base_model": engine.base.name, "chunking": chunking}
-    results |= {"qa": {}, "niah": {}}
+    results: dict = {
+        "hypernet": hypernet or "shipped default",
+        "base_model": engine.base.name,
+        "chunking": chunking,
+        "qa": {},
+        "niah": {},
+    }
     evaluated: list[list] = []
     for name, records in sources:
         evaluated.append(records)

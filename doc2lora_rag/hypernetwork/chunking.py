@@ -44,14 +44,19 @@ def chunk_texts(
     return [tokenizer.decode(ids) for ids in split_token_ids(tokenizer, text, chunk_size, chunking)]
 
 
+def check_chunking(chunking: str) -> str:
+    """``chunking`` itself, or a ValueError naming the rules there are."""
+    if chunking not in CHUNKINGS:
+        raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
+    return chunking
+
+
 def split_token_ids(
     tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int, chunking: str = DEFAULT_CHUNKING
 ) -> list[list[int]]:
     """The document's token ids in chunks of at most ``chunk_size``; the ids are those of the
     whole text tokenised at once, so chunking never changes how a word is tokenised."""
-    if chunking not in CHUNKINGS:
-        raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
-    if chunking == "tokens":
+    if check_chunking(chunking) == "tokens":
         ids = tokenizer.encode(text, add_special_tokens=False)
         return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
