@@ -326,6 +326,28 @@ def test_a_failed_commit_leaves_the_previous_version_and_no_files(tmp_path, tiny
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def test_an_interrupt_just_after_the_commit_keeps_the_committed_adapter(tmp_path, tiny_engine, adapters, monkeypatch):
+    """Ctrl-C between COMMIT and leaving the transaction: the row is committed, so its adapter
+    directory must stay (an ingest once lost one adapter this way and kept its catalog row)."""
+    store = bound_store(tmp_path / "s", tiny_engine)
+    original = store.catalog._execute
+
+    def interrupt_after_commit(sql: str, parameters=()):
+        cursor = original(sql, parameters)
+        if sql == "COMMIT":
+            raise KeyboardInterrupt
+        return cursor
+
+    monkeypatch.setattr(store.catalog, "_execute", interrupt_after_commit)
+    with pytest.raises(KeyboardInterrupt):
+        store.put("a", DOCS[0], {}, adapters[0])
+    monkeypatch.undo()
+    [doc] = store.get("a")
+    assert [p.name for p in store.adapters_dir.iterdir()] == [doc.adapter_dir]
+    assert store.load_adapter("a").num_chunks == adapters[0].num_chunks
+    assert store.verify() == {}
+
+
 def test_reopening_cleans_leftovers_of_a_killed_writer(tmp_path, tiny_engine, adapters):
     store = bound_store(tmp_path / "s", tiny_engine)
     ids = fill(store, adapters)

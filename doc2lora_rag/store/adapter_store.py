@@ -283,7 +283,10 @@ class AdapterStore:
                 with self.catalog.transaction():
                     self.catalog.put(doc)
             except BaseException:
-                remove_tree(self.adapters_dir / name)
+                # A Ctrl-C just after COMMIT arrives here with the row already committed: its
+                # adapter must stay. Anything left unreferenced is cleaned by recover().
+                if not self._references(doc_id, name):
+                    remove_tree(self.adapters_dir / name)
                 raise
             self.cache.discard(doc_id)
             if previous is not None:
@@ -332,6 +335,14 @@ class AdapterStore:
             self.catalog.prune_route_cache()
         self._recovered = True
         return removed
+
+    def _references(self, doc_id: str, adapter_dir: str) -> bool:
+        """Whether the committed catalog points ``doc_id`` at ``adapter_dir``; in doubt, yes
+        (keeping an unreferenced directory costs disk until recover(), removing a used one loses it)."""
+        try:
+            return self.catalog.adapter_dirs_of([doc_id]).get(doc_id) == adapter_dir
+        except StoreError:
+            return True
 
     def _check_adapter(self, adapter: LoRAAdapter) -> None:
         """An unbound store takes the model of its first adapter; a bound one refuses others'."""
