@@ -16,7 +16,9 @@ Reordered and one-edit misses mean the adapter carries the number's digits but n
 exact sequence; other misses mean the number did not get through at all. ``--beams`` answers
 with beam search of that width as well (1: greedy, as the library answers), to tell whether a
 sequence the adapter finds more likely as a whole would be the right one. ``--json-out`` keeps
-every needle's answer and kind, so that two networks can be compared needle by needle.
+every needle's answer and kind. With several networks, each after the first is compared with
+it needle by needle: needles it answers exactly that the first misses (gained), the reverse
+(lost), and the two-sided sign test on those.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rich.table import Table
 
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.evaluation.compare import sign_test_p
 from doc2lora_rag.evaluation.evaluate import niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
 from doc2lora_rag.generation.generate import _generation_config
@@ -53,6 +56,26 @@ def beam_search(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_to
     with adapters_attached(base.model, [adapter]):
         output = base.model.generate(**batch.to(base.device), generation_config=config)
     return base.tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
+    """Each network after the first against the first, on the same needles: exact answers
+    gained and lost, and the sign test's p-value."""
+    table = Table(title=f"exact answers against {names[0]}, needle by needle")
+    for column in ("hypernetwork", "beams", "haystack tokens", "gained", "lost", "sign test p"):
+        table.add_column(column)
+    prefix = f"{names[0]} "
+    for key, first in answers.items():
+        if not key.startswith(prefix):
+            continue
+        setting = key.removeprefix(prefix)
+        for name in names[1:]:
+            other = answers[f"{name} {setting}"]
+            gained = sum(a["kind"] != "exact" and b["kind"] == "exact" for a, b in zip(first, other, strict=True))
+            lost = sum(a["kind"] == "exact" and b["kind"] != "exact" for a, b in zip(first, other, strict=True))
+            beams, tokens = (part.split("=")[1] for part in setting.split())
+            table.add_row(name, beams, tokens, str(gained), str(lost), f"{sign_test_p(gained, lost):.3f}")
+    return table
 
 
 def main() -> None:
@@ -91,7 +114,10 @@ def main() -> None:
             for beams in widths:
                 shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
                 table.add_row(name, str(beams), str(length), *shares)
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
+    if len(engines) > 1:
+        console.print(paired_table(answers, list(engines)))
     if args.json_out:
         args.json_out.write_text(json.dumps(answers, indent=1))
 

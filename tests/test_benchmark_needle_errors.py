@@ -19,3 +19,16 @@ def test_width_one_is_the_library_answer_and_beam_search_prompts_as_it_does(tiny
     assert needle_errors.answer(tiny_engine, question, adapter, 3) == needle_errors.beam_search(
         tiny_engine, question, adapter, 3
     )
+
+
+def test_the_paired_table_counts_needles_gained_and_lost_against_the_first_network() -> None:
+    def needles(kinds: str) -> list[dict]:
+        return [{"number": "1", "answer": "", "kind": "exact" if k == "x" else "other"} for k in kinds]
+
+    answers = {
+        "shipped beams=1 tokens=480": needles("xx.x.."),
+        "run beams=1 tokens=480": needles("x.xxxx"),
+    }
+    table = needle_errors.paired_table(answers, ["shipped", "run"])
+    row = [column._cells[0] for column in table.columns]
+    assert row == ["run", "1", "480", "3", "1", "0.625"]  # 3 gained, 1 lost: 2 * 5/16

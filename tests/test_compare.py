@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doc2lora_rag.cli import app
-from doc2lora_rag.evaluation.compare import compare_results, paired_half_width, t_95
+from doc2lora_rag.evaluation.compare import compare_results, paired_half_width, sign_test_p, t_95
 
 
 def _evaluation(f1: list[float], questions: list[str] | None = None, needles: list[float] | None = None) -> dict:
@@ -45,6 +45,16 @@ def test_t_quantile_matches_the_tables_and_tends_to_the_normal() -> None:
     table = {1: 12.7062, 2: 4.3027, 9: 2.2622, 39: 2.0227, 119: 1.9801}
     assert {df: round(t_95(df), 4) for df in table} == table
     assert t_95(100_000) == pytest.approx(1.959964, abs=1e-4)  # the standard normal's quantile
+
+
+def test_sign_test_matches_the_binomial_tails() -> None:
+    # 11 against 2 of 13: 2 * (1 + 13 + 78) / 2**13; an even split is no evidence at all
+    assert sign_test_p(11, 2) == pytest.approx(2 * 92 / 8192)
+    assert sign_test_p(2, 11) == sign_test_p(11, 2)
+    assert sign_test_p(5, 5) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(6, 0) == pytest.approx(2 / 64) and sign_test_p(5, 0) > 0.05
+    with pytest.raises(ValueError):
+        sign_test_p(-1, 3)
 
 
 def test_a_shift_on_every_question_is_significant_and_a_noisy_one_is_not() -> None:
