@@ -311,6 +311,20 @@ def test_a_second_writer_waits_and_then_gives_up(tmp_path, tiny_engine, adapters
     assert first.ids() == ["b"]
 
 
+def interrupt_after_commit(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the catalog raise KeyboardInterrupt right after it executes COMMIT (a Ctrl-C landing
+    between the commit and leaving the transaction)."""
+    original = catalog._execute
+
+    def execute(sql: str, parameters=()):
+        cursor = original(sql, parameters)
+        if sql == "COMMIT":
+            raise KeyboardInterrupt
+        return cursor
+
+    monkeypatch.setattr(catalog, "_execute", execute)
+
+
 def test_a_failed_commit_leaves_the_previous_version_and_no_files(tmp_path, tiny_engine, adapters, monkeypatch):
     store = bound_store(tmp_path / "s", tiny_engine)
     before = store.put("a", DOCS[0], {}, adapters[0])
@@ -330,15 +344,7 @@ def test_an_interrupt_just_after_the_commit_keeps_the_committed_adapter(tmp_path
     """Ctrl-C between COMMIT and leaving the transaction: the row is committed, so its adapter
     directory must stay (an ingest once lost one adapter this way and kept its catalog row)."""
     store = bound_store(tmp_path / "s", tiny_engine)
-    original = store.catalog._execute
-
-    def interrupt_after_commit(sql: str, parameters=()):
-        cursor = original(sql, parameters)
-        if sql == "COMMIT":
-            raise KeyboardInterrupt
-        return cursor
-
-    monkeypatch.setattr(store.catalog, "_execute", interrupt_after_commit)
+    interrupt_after_commit(store.catalog, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         store.put("a", DOCS[0], {}, adapters[0])
     monkeypatch.undo()
@@ -525,15 +531,7 @@ def test_an_interrupt_just_after_commit_stays_an_interrupt(tmp_path: Path, monke
     """Ctrl-C between COMMIT and leaving the transaction used to be reported as a broken store
     ("cannot rollback - no transaction is active"), and an ingest exited 1 instead of 130."""
     catalog = Catalog(tmp_path / "catalog.sqlite3")
-    original = catalog._execute
-
-    def interrupt_after_commit(sql: str, parameters=()):
-        cursor = original(sql, parameters)
-        if sql == "COMMIT":
-            raise KeyboardInterrupt
-        return cursor
-
-    monkeypatch.setattr(catalog, "_execute", interrupt_after_commit)
+    interrupt_after_commit(catalog, monkeypatch)
     with pytest.raises(KeyboardInterrupt), catalog.transaction():
         catalog.set_meta("note", "kept")
     monkeypatch.undo()
