@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import peft
 import pytest
@@ -17,7 +18,7 @@ from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, L
 from doc2lora_rag.adapters import lora as lora_module
 from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from doc2lora_rag.adapters.runtime import adapters_attached
-from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, split_token_ids
+from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, split_into_parts, split_token_ids
 from doc2lora_rag.router.chunks import best_chunks
 
 SHORT_DOC = "The lighthouse keeper on Varn Island logs the tide at 06:40 every morning."
@@ -431,6 +432,29 @@ def test_sentence_chunks_end_where_sentences_end_and_keep_every_token(tiny_engin
         split_token_ids(tokenizer, SENTENCES, 40, "paragraphs")
     with pytest.raises(ValueError, match="chunking must be one of"):
         Doc2LoRA(tiny_engine.base, tiny_engine.hypernet, chunking="paragraphs")
+
+
+def test_training_parts_end_at_the_sentence_start_nearest_an_equal_share(tiny_engine) -> None:
+    tokenizer = tiny_engine.tokenizer
+    whole = tokenizer.encode(SENTENCES, add_special_tokens=False)
+    size = math.ceil(len(whole) / 3)
+    assert split_into_parts(tokenizer, SENTENCES, 3, 1000, "tokens") == [
+        whole[i : i + size] for i in range(0, len(whole), size)
+    ]
+    parts = split_into_parts(tokenizer, SENTENCES, 3, 1000, "sentences")
+    assert len(parts) == 3 and sum(parts, []) == whole
+    ends = [len(sum(parts[: k + 1], [])) for k in range(2)]
+    assert ends != [size, 2 * size]
+    for k, (part, end) in enumerate(zip(parts, ends, strict=False), start=1):
+        assert tokenizer.decode(part).rstrip().endswith((".", "!", "?")), tokenizer.decode(part)
+        assert abs(end - k * size) <= size / 2
+    assert sum(split_into_parts(tokenizer, SENTENCES, 2, 50, "sentences"), []) == whole[:50]
+    # Too short for the parts asked (16 tokens at least each): fewer parts.
+    assert split_into_parts(tokenizer, "Ada keeps bees.", 3, 1000) == [tokenizer.encode("Ada keeps bees.")]
+    # No sentence end near a share: the equal cut.
+    run_on = "and the river runs on " * 20
+    by_share = split_into_parts(tokenizer, run_on, 2, 1000, "tokens")
+    assert split_into_parts(tokenizer, run_on, 2, 1000, "sentences") == by_share
 
 
 def test_an_adapter_keeps_its_chunking_and_focus_splits_its_text_by_it(tiny_engine, tmp_path) -> None:

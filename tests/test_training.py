@@ -522,6 +522,23 @@ def test_shipped_training_configs_are_valid(path: Path) -> None:
         assert probe["kind"] in DEFAULT_TARGET and probe.get("split", "train") in ("train", "held_out")
 
 
+def test_an_unknown_chunking_is_refused_when_the_config_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="chunking must be one of"):
+        _config(tmp_path, 1, chunking="paragraphs")
+
+
+def test_training_chunks_end_at_sentences_unless_the_config_asks_for_token_counts(tmp_path: Path) -> None:
+    base = tiny_base_model(max_positions=512)
+    record = synthetic_fact_records(1, seed=3)[0]
+    by_sentence = Trainer(_config(tmp_path / "a", 1), base=base, progress=False)._chunk_ids(record.context, 3)
+    by_tokens = Trainer(_config(tmp_path / "b", 1, chunking="tokens"), base=base, progress=False)._chunk_ids(
+        record.context, 3
+    )
+    assert len(by_sentence) == len(by_tokens) == 3 and by_sentence != by_tokens
+    texts = [base.tokenizer.decode(ids, skip_special_tokens=True) for ids in by_sentence]
+    assert all(text.rstrip().endswith(".") for text in texts[:-1]), texts
+
+
 def test_probe_data_draws_held_out_documents_of_another_kind(tmp_path: Path) -> None:
     spec = {"kind": "niah", "count": 3, "lengths": [64]}
     config = _config(tmp_path, 1, data=[spec], probe_data=spec, probe_records=2)

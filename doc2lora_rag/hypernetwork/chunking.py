@@ -12,6 +12,7 @@ splitting (``LoRAAdapter.chunking``) so that its chunks can be matched to their 
 from __future__ import annotations
 
 import bisect
+import math
 import re
 
 import torch
@@ -59,12 +60,41 @@ def split_token_ids(
     if check_chunking(chunking) == "tokens":
         ids = tokenizer.encode(text, add_special_tokens=False)
         return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    ids, cuts = _sentence_cuts(tokenizer, text)
+    return [ids[begin:end] for begin, end in _pack(cuts, len(ids), chunk_size)]
+
+
+def split_into_parts(
+    tokenizer: PreTrainedTokenizerBase, text: str, parts: int, max_tokens: int, chunking: str = DEFAULT_CHUNKING
+) -> list[list[int]]:
+    """The first ``max_tokens`` tokens of the document in ``parts`` pieces of about equal size
+    (fewer when it is too short: a piece has at least 16 tokens). With ``"sentences"`` each
+    cut moves to the sentence start nearest to it within half a piece, so that training splits
+    documents as :func:`split_token_ids` splits them when adapters are made."""
+    if check_chunking(chunking) == "tokens":
+        ids, cuts = tokenizer.encode(text, add_special_tokens=False)[:max_tokens], []
+    else:
+        ids, cuts = _sentence_cuts(tokenizer, text)
+        ids, cuts = ids[:max_tokens], [cut for cut in cuts if cut < max_tokens]
+    parts = max(1, min(parts, len(ids) // 16))
+    size = math.ceil(len(ids) / parts)
+    bounds = [0]
+    for k in range(1, parts):
+        even = k * size
+        near = [cut for cut in cuts if abs(cut - even) <= size / 2 and cut > bounds[-1]]
+        bounds.append(min(near, key=lambda cut: abs(cut - even)) if near else max(even, bounds[-1] + 1))
+    bounds.append(len(ids))
+    return [ids[begin:end] for begin, end in zip(bounds, bounds[1:], strict=False) if end > begin]
+
+
+def _sentence_cuts(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[int]]:
+    """The text's token ids and, ascending, the index of each token that opens a sentence."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, starts = encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
     # The token holding a sentence's first character opens it (byte-level tokens carry the
     # space before a word, so that token may start one character earlier).
     cuts = sorted({bisect.bisect_right(starts, m.end()) - 1 for m in _SENTENCE_START.finditer(text)} - {0})
-    return [ids[begin:end] for begin, end in _pack(cuts, len(ids), chunk_size)]
+    return ids, cuts
 
 
 def _pack(cuts: list[int], length: int, chunk_size: int) -> list[tuple[int, int]]:

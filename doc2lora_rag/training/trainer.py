@@ -33,7 +33,7 @@ from doc2lora_rag.base_model.activations import cpu_has_native_bf16, layer_input
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import BaseModel, load_base_model
 from doc2lora_rag.base_model.prompts import ChatWrapper, question_prompt
-from doc2lora_rag.hypernetwork.chunking import pad_right, token_budget_batches
+from doc2lora_rag.hypernetwork.chunking import check_chunking, pad_right, split_into_parts, token_budget_batches
 from doc2lora_rag.hypernetwork.config import HypernetConfig
 from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.training.data import QARecord, synthetic_fact_records
@@ -73,6 +73,9 @@ class TrainConfig:
     data: list[dict] = field(default_factory=lambda: [{"kind": "synthetic", "count": 2000, "target": "gold"}])
     chunk_curriculum: dict[str, float] = field(default_factory=lambda: {"1": 0.6, "2": 0.25, "3": 0.1, "4": 0.05})
     max_doc_tokens: int = 1024
+    # Where a document's chunks end: "sentences" (nearest sentence start, as adapters are made
+    # by default) or "tokens" (equal token counts, as the networks before this option were).
+    chunking: str = "sentences"
     teacher_cache: str | None = None  # default: <out>/teacher-cache
     teacher_top_k: int = 16
     teacher_max_new_tokens: int = 32
@@ -125,6 +128,9 @@ class TrainConfig:
     # only start to depend on their document once the cross-attention finds what matters in
     # it; this gives the attention that signal directly instead of only through the adapters.
     answer_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_chunking(self.chunking)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -329,11 +335,10 @@ class Trainer:
         return result
 
     def _chunk_ids(self, context: str, chunks: int) -> list[list[int]]:
-        """The document's tokens in ``chunks`` equal parts, each wrapped as the model reads it."""
-        ids = self.base.tokenizer.encode(context, add_special_tokens=False)[: self.config.max_doc_tokens]
-        chunks = max(1, min(chunks, len(ids) // 16))
-        size = math.ceil(len(ids) / chunks)
-        return [self.wrapper.wrap(ids[i : i + size]) for i in range(0, len(ids), size)]
+        """The document's tokens in ``chunks`` parts of about equal size, each wrapped as the
+        model reads it."""
+        parts = split_into_parts(self.base.tokenizer, context, chunks, self.config.max_doc_tokens, self.config.chunking)
+        return [self.wrapper.wrap(ids) for ids in parts]
 
     def loss(self, batch: list[tuple[QARecord, Target, int]], with_other: bool = False) -> tuple[torch.Tensor, dict]:
         """Answer loss with each row's own adapter; with the contrastive term in training, or
