@@ -1,13 +1,14 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--json-out FILE] [--threads 2]
+        [--beams 1,4] [--distractors N] [--in-context] [--json-out FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
 sorted into one kind, side by side for each hypernetwork given (default: the shipped one):
 
 - ``exact``: the answer contains the secret number;
+- ``another key's``: its first number is another needle's (with ``--distractors``);
 - ``reordered``: its first number has the same digits in another order;
 - ``one edit``: its first number is one digit inserted, dropped or changed away;
 - ``other``: anything else (another number, or none).
@@ -15,7 +16,11 @@ sorted into one kind, side by side for each hypernetwork given (default: the shi
 Reordered and one-edit misses mean the adapter carries the number's digits but not their
 exact sequence; other misses mean the number did not get through at all. ``--beams`` answers
 with beam search of that width as well (1: greedy, as the library answers), to tell whether a
-sequence the adapter finds more likely as a whole would be the right one. ``--json-out`` keeps
+sequence the adapter finds more likely as a whole would be the right one. ``--distractors N``
+puts N needles of other keys into each haystack beside the one asked about: with one number
+in a haystack of words an adapter that knows *a* number answers; with several it must know
+which is whose. ``--in-context`` also answers with the haystack in the prompt, the reading
+that the adapter replaces. ``--json-out`` keeps
 every needle's answer and kind. With several networks, each after the first is compared with
 it needle by needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -84,6 +90,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30, help="needles per length")
     parser.add_argument("--hypernet", nargs="+", default=[None], help="hypernetwork folders; default: the shipped one")
     parser.add_argument("--beams", default="1", help="beam widths to answer with (1: greedy)")
+    parser.add_argument("--distractors", type=int, default=0, help="needles of other keys in each haystack")
+    parser.add_argument("--in-context", action="store_true", help="also answer with the haystack in the prompt")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -97,21 +105,30 @@ def main() -> None:
     for column in ("hypernetwork", "beams", "haystack tokens", *NUMBER_ANSWER_KINDS):
         table.add_column(column)
     first = next(iter(engines.values()))  # one base model, so one tokenizer, for all networks
-    haystacks = {int(x): niah_records(first, args.count, int(x)) for x in args.lengths.split(",")}
+    haystacks = {
+        int(x): niah_records(first, args.count, int(x), distractors=args.distractors) for x in args.lengths.split(",")
+    }
     widths = [int(x) for x in args.beams.split(",")]
     answers: dict[str, dict] = {}
-    for name, engine in engines.items():
+    readers = [(name, engine, False) for name, engine in engines.items()]
+    readers += [("in context", first, True)] if args.in_context else []
+    for name, engine, in_context in readers:
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in widths}
             for record in records:
-                adapter = engine.internalize(record.context)
+                adapter = None if in_context else engine.internalize(record.context)
+                numbers = re.findall(r"\d+", record.context)  # the filler holds none
                 for beams in widths:
-                    given = answer(engine, record.question, adapter, beams)
-                    kind = number_answer_kind(given, record.answer)
+                    if in_context:
+                        # It answers in a sentence ("The secret number of ... is ..."), not a bare number.
+                        given = engine.generate(record.question, context=record.context, max_new_tokens=32)
+                    else:
+                        given = answer(engine, record.question, adapter, beams)
+                    kind = number_answer_kind(given, record.answer, numbers)
                     counts[beams][kind] += 1
                     needles = answers.setdefault(f"{name} beams={beams} tokens={length}", [])
                     needles.append({"number": record.answer, "answer": given, "kind": kind})
-            for beams in widths:
+            for beams in widths if not in_context else [1]:
                 shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)

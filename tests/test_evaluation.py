@@ -62,6 +62,14 @@ def test_number_answer_kind(prediction: str, expected: str) -> None:
     assert number_answer_kind(prediction, "13776") == expected
 
 
+def test_another_keys_number_is_told_apart_from_a_wrong_one() -> None:
+    others = ["13776", "98765", "52"]  # the document's numbers, the right one among them
+    assert number_answer_kind("It is 98765.", "13776", others) == "another key's"
+    assert number_answer_kind("13776", "13776", others) == "exact"
+    assert number_answer_kind("13767", "13776", others) == "reordered"
+    assert number_answer_kind("98765", "13776") == "other"
+
+
 def test_answer_contains_matches_whole_words_only() -> None:
     assert answer_contains("It was built in 1871 by Odile.", "1871") == 1.0
     assert answer_contains("It was built in 18712.", "1871") == 0.0
@@ -253,3 +261,7 @@ def test_needle_only_report_gives_counts_and_no_question_scoring_notes(tmp_path:
     text = page.read_text()
     assert "| 4096 | 0.00 (0/2) | 0.50 (1/2) | not run (past limit) |" in text
     assert "Token F1" not in text  # nothing on the page is a token F1
+    assert "other keys" not in text
+    results = {"hypernet": "h", "base_model": "b", "qa": {}, "niah": niah, "niah_distractors": 4}
+    text = write_markdown(results, tmp_path / "d.md", command="c").read_text()
+    assert "Each haystack also holds 4 needles of other keys with other numbers." in text

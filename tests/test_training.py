@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -345,6 +346,30 @@ def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
         "What is the secret number of the amber lynx?",
     }
     assert len({r.answer for r in shared}) > 2 and all(r.answer in r.context for r in shared)
+
+
+def test_distractor_needles_join_the_same_haystacks_with_other_keys_and_numbers() -> None:
+    base = tiny_base_model()
+
+    def count(text: str) -> int:
+        return len(base.tokenizer.encode(text))
+
+    plain = needle_records(6, 200, count, seed=2)
+    crowded = needle_records(6, 200, count, seed=2, distractors=4)
+    for alone, record in zip(plain, crowded, strict=True):
+        assert (record.question, record.answer) == (alone.question, alone.answer)
+        key = record.question.removeprefix("What is the secret number of the ").removesuffix("?")
+        facts = re.findall(r"The secret number of the ([a-z ]+) is (\d+)\.", record.context)
+        assert len(facts) == 5 and len({k for k, _ in facts}) == 5
+        assert [n for k, n in facts if k == key] == [record.answer]
+        assert record.answer not in [n for k, n in facts if k != key]
+        # The filler is the same: taking the other needles out gives the one-needle haystack.
+        others = {f"The secret number of the {k} is {n}." for k, n in facts if k != key}
+        assert " ".join(s for s in re.split(r"(?<=\.) ", record.context) if s not in others) == alone.context
+    with pytest.raises(ValueError, match="distractors must be >= 0"):
+        needle_records(1, 100, count, distractors=-1)
+    with pytest.raises(ValueError, match="distinct keys"):
+        needle_records(1, 100, count, keys=["teal heron", "amber lynx"], distractors=2)
 
 
 def test_cli_train_under_torchrun_single_process(tmp_path: Path) -> None:

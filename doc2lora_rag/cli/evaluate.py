@@ -33,6 +33,9 @@ def evaluate(
     niah_max_chunks: Annotated[
         int, typer.Option(help="also answer from the haystack's N best-matching chunks, as the index does (0: skip)")
     ] = 3,
+    niah_distractors: Annotated[
+        int, typer.Option(help="other keys' needles in each haystack: which number is whose (0: one needle)")
+    ] = 0,
     context_distillation: Annotated[bool, typer.Option(help="also run the per-document CD baseline")] = False,
     cd_docs: Annotated[
         int, typer.Option(help="run the CD baseline on the first N documents of each data source only (0: all)")
@@ -98,7 +101,9 @@ def evaluate(
             count=niah_count,
             in_context_max_tokens=niah_in_context_max,
             max_chunks=niah_max_chunks or None,
+            distractors=niah_distractors,
         )
+        results["niah_distractors"] = niah_distractors
         _print_niah(results["niah"])
     if markdown:
         from doc2lora_rag.evaluation.report import write_markdown

@@ -249,9 +249,14 @@ def evaluate_general(
 NIAH_SEED = 1000  # the needles `doc2lora eval --niah` asks about; the needle benchmarks reuse them
 
 
-def niah_records(engine, count: int, length: int, seed: int = NIAH_SEED) -> list[QARecord]:
-    """``count`` needle haystacks of ``length`` tokens, counted by the engine's tokenizer."""
-    return needle_records(count, length, lambda text: len(engine.tokenizer.encode(text)), seed=seed)
+def niah_records(engine, count: int, length: int, seed: int = NIAH_SEED, distractors: int = 0) -> list[QARecord]:
+    """``count`` needle haystacks of ``length`` tokens, counted by the engine's tokenizer, each
+    with ``distractors`` needles of other keys beside the one asked about."""
+
+    def count_tokens(text: str) -> int:
+        return len(engine.tokenizer.encode(text))
+
+    return needle_records(count, length, count_tokens, seed=seed, distractors=distractors)
 
 
 def evaluate_niah(
@@ -262,18 +267,20 @@ def evaluate_niah(
     seed: int = NIAH_SEED,
     in_context_max_tokens: int | None = None,
     max_chunks: int | None = None,
+    distractors: int = 0,
     progress: bool = True,
 ) -> dict[int, dict]:
     """Needle retrieval accuracy by haystack length, from the adapter and (where the document
     fits in the window and under ``in_context_max_tokens``) with the document in context.
     With ``max_chunks``, also from the adapter cut down to the chunks that match the question
     best (``focused``), as the index answers from a long document. ``per_needle`` keeps each
-    needle's hit per mode, for paired comparisons."""
+    needle's hit per mode, for paired comparisons. ``distractors``: other keys' needles in
+    each haystack (see ``needle_records``)."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = window if in_context_max_tokens is None else min(window, in_context_max_tokens)  # 0: never
     results: dict[int, dict] = {}
     for length in lengths:
-        records = niah_records(engine, count, length, seed=seed)
+        records = niah_records(engine, count, length, seed=seed, distractors=distractors)
         adapter_hits, context_hits, focused_hits = [], [], []
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
             adapter = engine.internalize(record.context)

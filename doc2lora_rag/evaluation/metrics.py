@@ -40,7 +40,7 @@ def answer_contains(prediction: str, gold: str | Iterable[str]) -> float:
     return float(any(f" {normalize_answer(a)} " in predicted for a in golds if normalize_answer(a)))
 
 
-NUMBER_ANSWER_KINDS = ("exact", "reordered", "one edit", "other")
+NUMBER_ANSWER_KINDS = ("exact", "another key's", "reordered", "one edit", "other")
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -54,16 +54,19 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def number_answer_kind(prediction: str, number: str) -> str:
+def number_answer_kind(prediction: str, number: str, others: Iterable[str] = ()) -> str:
     """How ``prediction`` answers a question whose answer is ``number`` (one of
-    ``NUMBER_ANSWER_KINDS``): it contains it, or its first number has the same digits in
-    another order, or is one digit inserted, dropped or changed away, or something else. Near
-    misses mean the digits got through but not their exact sequence."""
+    ``NUMBER_ANSWER_KINDS``): it contains it, or its first number is one of ``others`` (the
+    document's numbers of other keys), or has the same digits in another order, or is one
+    digit inserted, dropped or changed away, or something else. Near misses mean the digits got
+    through but not their exact sequence; another key's number, that they got through unbound."""
     if answer_contains(prediction, number):
         return "exact"
     found = re.search(r"\d+", prediction)
     if found is None:
         return "other"
+    if found.group() in set(others) - {number}:
+        return "another key's"
     if sorted(found.group()) == sorted(number):
         return "reordered"
     return "one edit" if edit_distance(found.group(), number) == 1 else "other"

@@ -79,7 +79,7 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
     if results.get("general"):
         lines += _general_section(results["general"])
     if results.get("niah"):
-        lines += _niah_table(results["niah"])
+        lines += _niah_table(results["niah"], results.get("niah_distractors", 0))
         plot = path.with_name(path.stem + "-niah.png")
         _plot_niah(results["niah"], plot)
         lines += ["", f"![needle accuracy by haystack length]({plot.name})", ""]
@@ -87,9 +87,11 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
     return path
 
 
-def _niah_table(niah: dict) -> list[str]:
+def _niah_table(niah: dict, distractors: int = 0) -> list[str]:
     focused = any("focused" in row for row in niah.values())
     lines = ["## Needle in a haystack (answer-contains)", ""]
+    if distractors:
+        lines += [f"Each haystack also holds {distractors} needles of other keys with other numbers.", ""]
     if focused:
         lines += [
             "adapter: the sum of all chunk adapters. adapter, best chunks: the chunks that match the",

@@ -308,13 +308,23 @@ def needle_records(
     count_tokens: Callable[[str], int],
     seed: int = 0,
     keys: list[str] | None = None,
+    distractors: int = 0,
 ) -> list[QARecord]:
     """Documents of about ``haystack_tokens`` tokens of filler with one fact at a random depth.
 
     The needle's key ("the teal heron") comes from ``keys`` when given, else from 100 colour-animal
     pairs; keys that recur with other numbers make the question alone useless, only the document
-    tells the answer."""
+    tells the answer. ``distractors`` more needles of other keys, at random depths, make the
+    adapter tell which number belongs to the key asked: with one number in a haystack of words,
+    knowing *a* number is enough. They come from their own random stream, so the same seed gives
+    the same haystacks, needles and questions with and without them."""
+    if distractors < 0:
+        raise ValueError(f"distractors must be >= 0, not {distractors}")
     rng = random.Random(f"needle-{seed}-{haystack_tokens}")
+    others = random.Random(f"needle-distractors-{seed}-{haystack_tokens}")
+    pool = keys or [f"{color} {animal}" for color in _COLORS for animal in _ANIMALS]
+    if distractors >= len(set(pool)):
+        raise ValueError(f"{distractors} distractors need more than {len(set(pool))} distinct keys")
     # Measure the filler once, then build each haystack to length by sentence count.
     probe = [filler_sentence(rng) for _ in range(50)]
     tokens_per_sentence = max(1.0, count_tokens(" ".join(probe)) / len(probe))
@@ -325,6 +335,11 @@ def needle_records(
         needle = f"The secret number of the {key} is {code}."
         sentences = [filler_sentence(rng) for _ in range(max(1, int(haystack_tokens / tokens_per_sentence)))]
         sentences.insert(rng.randint(0, len(sentences)), needle)
+        for other in others.sample(sorted(set(pool) - {key}), distractors):
+            number = code
+            while number == code:
+                number = str(others.randint(1000, 99999))
+            sentences.insert(others.randint(0, len(sentences)), f"The secret number of the {other} is {number}.")
         records.append(QARecord(" ".join(sentences), f"What is the secret number of the {key}?", code, "niah"))
     return records
 

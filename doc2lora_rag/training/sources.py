@@ -75,7 +75,9 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
         return [
             record
             for length in spec.get("lengths", [64, 128, 256])
-            for record in needle_records(per_length, int(length), count_tokens, seed=seed)
+            for record in needle_records(
+                per_length, int(length), count_tokens, seed=seed, distractors=int(spec.get("distractors", 0))
+            )
         ]
     raise ValueError(f"unknown data source kind {kind!r}")
 
