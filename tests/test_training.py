@@ -368,6 +368,8 @@ def test_distractor_needles_join_the_same_haystacks_with_other_keys_and_numbers(
         assert " ".join(s for s in re.split(r"(?<=\.) ", record.context) if s not in others) == alone.context
     with pytest.raises(ValueError, match="distractors must be >= 0"):
         needle_records(1, 100, count, distractors=-1)
+    (source,) = load_sources([{"kind": "niah", "count": 6, "lengths": [200], "distractors": 4}], base.tokenizer, seed=2)
+    assert [r.context for r in source.records] == [r.context for r in crowded]
     with pytest.raises(ValueError, match="distinct keys"):
         needle_records(1, 100, count, keys=["teal heron", "amber lynx"], distractors=2)
 
