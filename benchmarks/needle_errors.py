@@ -113,12 +113,13 @@ def main() -> None:
     readers = [(name, engine, False) for name, engine in engines.items()]
     readers += [("in context", first, True)] if args.in_context else []
     for name, engine, in_context in readers:
+        reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
-            counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in widths}
+            counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
             for record in records:
                 adapter = None if in_context else engine.internalize(record.context)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
-                for beams in widths:
+                for beams in reader_widths:
                     if in_context:
                         # It answers in a sentence ("The secret number of ... is ..."), not a bare number.
                         given = engine.generate(record.question, context=record.context, max_new_tokens=32)
@@ -128,7 +129,7 @@ def main() -> None:
                     counts[beams][kind] += 1
                     needles = answers.setdefault(f"{name} beams={beams} tokens={length}", [])
                     needles.append({"number": record.answer, "answer": given, "kind": kind})
-            for beams in widths if not in_context else [1]:
+            for beams in reader_widths:
                 shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)

@@ -302,6 +302,10 @@ def filler_sentence(rng: random.Random) -> str:
     return f"{rng.choice(_FILLER_SUBJECTS)} {rng.choice(_FILLER_VERBS)} {rng.choice(_FILLER_TAILS)}"
 
 
+def _needle_sentence(key: str, number: str) -> str:
+    return f"The secret number of the {key} is {number}."
+
+
 def needle_records(
     count: int,
     haystack_tokens: int,
@@ -322,9 +326,9 @@ def needle_records(
         raise ValueError(f"distractors must be >= 0, not {distractors}")
     rng = random.Random(f"needle-{seed}-{haystack_tokens}")
     others = random.Random(f"needle-distractors-{seed}-{haystack_tokens}")
-    pool = keys or [f"{color} {animal}" for color in _COLORS for animal in _ANIMALS]
-    if distractors >= len(set(pool)):
-        raise ValueError(f"{distractors} distractors need more than {len(set(pool))} distinct keys")
+    pool = sorted(set(keys or [f"{color} {animal}" for color in _COLORS for animal in _ANIMALS]))
+    if distractors >= len(pool):
+        raise ValueError(f"{distractors} distractors need more than {len(pool)} distinct keys")
     # Measure the filler once, then build each haystack to length by sentence count.
     probe = [filler_sentence(rng) for _ in range(50)]
     tokens_per_sentence = max(1.0, count_tokens(" ".join(probe)) / len(probe))
@@ -332,14 +336,13 @@ def needle_records(
     for _ in range(count):
         key = rng.choice(keys) if keys else f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
         code = str(rng.randint(1000, 99999))
-        needle = f"The secret number of the {key} is {code}."
         sentences = [filler_sentence(rng) for _ in range(max(1, int(haystack_tokens / tokens_per_sentence)))]
-        sentences.insert(rng.randint(0, len(sentences)), needle)
-        for other in others.sample(sorted(set(pool) - {key}), distractors):
+        sentences.insert(rng.randint(0, len(sentences)), _needle_sentence(key, code))
+        for other in others.sample([k for k in pool if k != key], distractors):
             number = code
             while number == code:
                 number = str(others.randint(1000, 99999))
-            sentences.insert(others.randint(0, len(sentences)), f"The secret number of the {other} is {number}.")
+            sentences.insert(others.randint(0, len(sentences)), _needle_sentence(other, number))
         records.append(QARecord(" ".join(sentences), f"What is the secret number of the {key}?", code, "niah"))
     return records
 
