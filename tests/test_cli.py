@@ -600,3 +600,18 @@ def test_ray_ingest_fans_out_and_matches_a_local_ingest(tiny, corpus, tmp_path) 
     # Re-running over Ray resumes the same way: everything is skipped, no worker is started.
     again, summary = ingest(tiny, tmp_path / "ray-store", corpus, extra=("--text-field", "body", "--ray"))
     assert again.exit_code == 0 and (summary["skipped"], summary["internalised"]) == (6, 0)
+
+
+def test_interpolate_saves_the_network_between_two_checkpoints(tiny, tmp_path) -> None:
+    out = tmp_path / "between"
+    result = run("interpolate", tiny["hypernet"], tiny["hypernet-2"], "--weight", "0.25", "--out", out, "--no-bf16")
+    assert result.exit_code == 0, result.output
+    first, second = HyperNetwork.from_pretrained(tiny["hypernet"]), HyperNetwork.from_pretrained(tiny["hypernet-2"])
+    between = HyperNetwork.from_pretrained(out)
+    assert f"fingerprint {between.fingerprint}" in result.stdout
+    for name, parameter in between.named_parameters():
+        torch.testing.assert_close(parameter, torch.lerp(first.get_parameter(name), second.get_parameter(name), 0.25))
+    missing = run("interpolate", tiny["hypernet"], tmp_path / "nowhere", "--out", tmp_path / "never")
+    assert missing.exit_code == 2
+    assert "cannot read hypernetwork" in missing.output and len(missing.output.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()

@@ -366,3 +366,43 @@ def test_new_options_at_their_default_keep_a_networks_fingerprint(base) -> None:
     # The shipped network's fingerprint, as recorded by stores built with it; it changes only
     # when a new checkpoint ships.
     assert HyperNetwork.from_pretrained(DEFAULT_CHECKPOINT).fingerprint == "37da54837092c78b"
+
+
+def test_interpolation_walks_the_line_between_two_networks(base) -> None:
+    """Weight 0 and 1 give back the two networks; 0.5 is every parameter's mean; the input
+    statistics, measured rather than learned, are carried over unchanged."""
+    from doc2lora_rag.hypernetwork.interpolation import interpolate
+
+    torch.manual_seed(3)
+    first = HyperNetwork(_config(base))
+    tokens = (len(first.config.source_layers), 12, base.model.config.hidden_size)
+    first.set_input_statistics([torch.randn(tokens)])
+    second = HyperNetwork(first.config)
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        for parameter in second.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    assert interpolate(first, second, 0.0).fingerprint == first.fingerprint
+    assert interpolate(first, second, 1.0).fingerprint == second.fingerprint
+    middle = interpolate(first, second, 0.5)
+    for name, parameter in middle.named_parameters():
+        expected = (first.get_parameter(name) + second.get_parameter(name)) / 2
+        torch.testing.assert_close(parameter, expected)
+    torch.testing.assert_close(middle.input_std, first.input_std)
+    assert middle.fingerprint not in (first.fingerprint, second.fingerprint)
+
+
+def test_interpolation_refuses_networks_from_different_starts(base) -> None:
+    from doc2lora_rag.hypernetwork.interpolation import interpolate
+
+    first = HyperNetwork(_config(base))
+    with pytest.raises(ValueError, match="different configs"):
+        interpolate(first, HyperNetwork(_config(base, width=64)), 0.5)
+    restandardised = HyperNetwork(first.config)
+    restandardised.load_state_dict(first.state_dict())
+    tokens = (len(first.config.source_layers), 12, base.model.config.hidden_size)
+    restandardised.set_input_statistics([torch.randn(tokens)])
+    with pytest.raises(ValueError, match="input_std|input_mean"):
+        interpolate(first, restandardised, 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        interpolate(first, first, 1.5)
