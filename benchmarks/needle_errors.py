@@ -1,7 +1,7 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--distractors N] [--in-context] [--json-out FILE] [--threads 2]
+        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--json-out FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -20,7 +20,11 @@ sequence the adapter finds more likely as a whole would be the right one. ``--di
 puts N needles of other keys into each haystack beside the one asked about: with one number
 in a haystack of words an adapter that knows *a* number answers; with several it must know
 which is whose. ``--in-context`` also answers with the haystack in the prompt, the reading
-that the adapter replaces. ``--json-out`` keeps
+that the adapter replaces. ``--turned`` also answers with the adapter of each haystack turned
+at its middle sentence (the same sentences from the middle on, then the first half), the needle
+at another depth among the same neighbours, as an overlapping chunk would read it: if its
+misses are other needles' misses, the miss lies in the context, if the same, in the number.
+Misses are also counted apart for numbers with a digit twice in a row. ``--json-out`` keeps
 every needle's answer and kind. With several networks, each after the first is compared with
 it needle by needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those.
@@ -64,6 +68,31 @@ def beam_search(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_to
     return base.tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+def turned(text: str) -> str:
+    """The same sentences from the middle one on, then the first half."""
+    sentences = re.split(r"(?<=[.!?]) ", text)
+    middle = len(sentences) // 2
+    return " ".join(sentences[middle:] + sentences[:middle])
+
+
+def doubled_digit(number: str) -> bool:
+    return re.search(r"(\d)\1", number) is not None
+
+
+def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
+    """Misses among numbers with a digit twice in a row against the rest, per reader."""
+    table = Table(title="misses by number: a digit twice in a row (42277) or not")
+    for column in ("reader", "missed, doubled digit", "missed, no doubled digit"):
+        table.add_column(column)
+    for key, needles in answers.items():
+        cells = []
+        for doubled in (True, False):
+            group = [n for n in needles if doubled_digit(n["number"]) == doubled]
+            cells.append(f"{sum(n['kind'] != 'exact' for n in group)}/{len(group)}")
+        table.add_row(key, *cells)
+    return table
+
+
 def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
     """Each network after the first against the first, on the same needles: exact answers
     gained and lost, and the sign test's p-value."""
@@ -92,6 +121,7 @@ def main() -> None:
     parser.add_argument("--beams", default="1", help="beam widths to answer with (1: greedy)")
     parser.add_argument("--distractors", type=int, default=0, help="needles of other keys in each haystack")
     parser.add_argument("--in-context", action="store_true", help="also answer with the haystack in the prompt")
+    parser.add_argument("--turned", action="store_true", help="also read each haystack turned at its middle")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -110,14 +140,17 @@ def main() -> None:
     }
     widths = [int(x) for x in args.beams.split(",")]
     answers: dict[str, dict] = {}
-    readers = [(name, engine, False) for name, engine in engines.items()]
-    readers += [("in context", first, True)] if args.in_context else []
-    for name, engine, in_context in readers:
+    readers = [(name, engine, "adapter") for name, engine in engines.items()]
+    readers += [("in context", first, "context")] if args.in_context else []
+    readers += [(f"{next(iter(engines))}, turned", first, "turned")] if args.turned else []
+    for name, engine, mode in readers:
+        in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
             for record in records:
-                adapter = None if in_context else engine.internalize(record.context)
+                text = turned(record.context) if mode == "turned" else record.context
+                adapter = None if in_context else engine.internalize(text)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
                 for beams in reader_widths:
                     if in_context:
@@ -134,8 +167,10 @@ def main() -> None:
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)
     console.print(table)
-    if len(engines) > 1:
-        console.print(paired_table(answers, list(engines)))
+    compared = list(engines) + ([readers[-1][0]] if args.turned else [])
+    if len(compared) > 1:
+        console.print(paired_table(answers, compared))
+    console.print(doubled_digit_table(answers))
     if args.json_out:
         args.json_out.write_text(json.dumps(answers, indent=1))
 

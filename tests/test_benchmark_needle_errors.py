@@ -32,3 +32,25 @@ def test_the_paired_table_counts_needles_gained_and_lost_against_the_first_netwo
     table = needle_errors.paired_table(answers, ["shipped", "run"])
     row = [column._cells[0] for column in table.columns]
     assert row == ["run", "1", "480", "3", "1", "0.625"]  # 3 gained, 1 lost: 2 * 5/16
+
+
+def test_a_turned_haystack_keeps_its_sentences_and_moves_the_needle() -> None:
+    text = "One. Two! The secret number of the red fox is 42277. Four? Five."
+    result = needle_errors.turned(text)
+    assert result == "The secret number of the red fox is 42277. Four? Five. One. Two!"
+    assert sorted(result.split()) == sorted(text.split())
+
+
+def test_misses_are_counted_apart_for_numbers_with_a_doubled_digit() -> None:
+    answers = {
+        "shipped beams=1 tokens=480": [
+            {"number": "42277", "answer": "4277", "kind": "one edit"},
+            {"number": "80400", "answer": "80400", "kind": "exact"},
+            {"number": "12345", "answer": "12354", "kind": "reordered"},
+            {"number": "13579", "answer": "13579", "kind": "exact"},
+            {"number": "24680", "answer": "24680", "kind": "exact"},
+        ]
+    }
+    table = needle_errors.doubled_digit_table(answers)
+    row = [column._cells[0] for column in table.columns]
+    assert row == ["shipped beams=1 tokens=480", "1/2", "1/3"]
