@@ -142,7 +142,8 @@ def main() -> None:
     answers: dict[str, dict] = {}
     readers = [(name, engine, "adapter") for name, engine in engines.items()]
     readers += [("in context", first, "context")] if args.in_context else []
-    readers += [(f"{next(iter(engines))}, turned", first, "turned")] if args.turned else []
+    turned_reader = [f"{next(iter(engines))}, turned"] if args.turned else []
+    readers += [(name, first, "turned") for name in turned_reader]
     for name, engine, mode in readers:
         in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
@@ -167,7 +168,7 @@ def main() -> None:
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)
     console.print(table)
-    compared = list(engines) + ([readers[-1][0]] if args.turned else [])
+    compared = list(engines) + turned_reader
     if len(compared) > 1:
         console.print(paired_table(answers, compared))
     console.print(doubled_digit_table(answers))
