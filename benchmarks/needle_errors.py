@@ -47,6 +47,7 @@ from doc2lora_rag.evaluation.compare import sign_test_p
 from doc2lora_rag.evaluation.evaluate import niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
 from doc2lora_rag.generation.generate import _generation_config
+from doc2lora_rag.training.data import has_repeated_digit
 
 
 def answer(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_tokens: int = 12) -> str:
@@ -75,10 +76,6 @@ def turned(text: str) -> str:
     return " ".join(sentences[middle:] + sentences[:middle])
 
 
-def doubled_digit(number: str) -> bool:
-    return re.search(r"(\d)\1", number) is not None
-
-
 def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
     """Misses among numbers with a digit twice in a row against the rest, per reader."""
     table = Table(title="misses by number: a digit twice in a row (42277) or not")
@@ -87,7 +84,7 @@ def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
     for key, needles in answers.items():
         cells = []
         for doubled in (True, False):
-            group = [n for n in needles if doubled_digit(n["number"]) == doubled]
+            group = [n for n in needles if has_repeated_digit(n["number"]) == doubled]
             cells.append(f"{sum(n['kind'] != 'exact' for n in group)}/{len(group)}")
         table.add_row(key, *cells)
     return table

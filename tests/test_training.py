@@ -24,6 +24,7 @@ from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import (
     QARecord,
+    has_repeated_digit,
     needle_records,
     squad_records,
     synthetic_fact_records,
@@ -372,6 +373,30 @@ def test_distractor_needles_join_the_same_haystacks_with_other_keys_and_numbers(
     assert [r.context for r in source.records] == [r.context for r in crowded]
     with pytest.raises(ValueError, match="distinct keys"):
         needle_records(1, 100, count, keys=["teal heron", "amber lynx"], distractors=2)
+
+
+def test_needle_numbers_can_be_drawn_with_a_digit_twice_in_a_row() -> None:
+    base = tiny_base_model()
+
+    def count(text: str) -> int:
+        return len(base.tokenizer.encode(text))
+
+    plain = needle_records(60, 60, count, seed=3)
+    every = needle_records(60, 60, count, seed=3, repeated_digits=1.0)
+    half = needle_records(60, 60, count, seed=3, repeated_digits=0.5)
+
+    def share(records: list[QARecord]) -> float:
+        return sum(has_repeated_digit(r.answer) for r in records) / len(records)
+
+    assert all(has_repeated_digit(r.answer) and r.answer in r.context for r in every)
+    assert 0.1 < share(plain) < share(half) < 1.0
+    assert all(1000 <= int(r.answer) <= 99999 for r in every + half)
+    assert [has_repeated_digit(n) for n in ("42777", "80400", "1212", "90817")] == [True, True, False, False]
+    with pytest.raises(ValueError, match="repeated_digits must be a share"):
+        needle_records(1, 60, count, repeated_digits=1.5)
+    spec = {"kind": "niah", "count": 60, "lengths": [60], "repeated_digits": 1.0}
+    (source,) = load_sources([spec], base.tokenizer, seed=3)
+    assert [r.answer for r in source.records] == [r.answer for r in every]
 
 
 def test_cli_train_under_torchrun_single_process(tmp_path: Path) -> None:

@@ -302,6 +302,11 @@ def filler_sentence(rng: random.Random) -> str:
     return f"{rng.choice(_FILLER_SUBJECTS)} {rng.choice(_FILLER_VERBS)} {rng.choice(_FILLER_TAILS)}"
 
 
+def has_repeated_digit(number: str) -> bool:
+    """Whether a digit follows itself somewhere in ``number`` (the needles adapters miss most)."""
+    return any(a == b for a, b in zip(number, number[1:], strict=False))
+
+
 def _needle_sentence(key: str, number: str) -> str:
     return f"The secret number of the {key} is {number}."
 
@@ -313,6 +318,7 @@ def needle_records(
     seed: int = 0,
     keys: list[str] | None = None,
     distractors: int = 0,
+    repeated_digits: float = 0.0,
 ) -> list[QARecord]:
     """Documents of about ``haystack_tokens`` tokens of filler with one fact at a random depth.
 
@@ -321,9 +327,15 @@ def needle_records(
     tells the answer. ``distractors`` more needles of other keys, at random depths, make the
     adapter tell which number belongs to the key asked: with one number in a haystack of words,
     knowing *a* number is enough. They come from their own random stream, so the same seed gives
-    the same haystacks, needles and questions with and without them."""
+    the same haystacks, needles and questions with and without them.
+
+    ``repeated_digits`` is the share of needle numbers drawn to hold a digit twice in a row
+    (42777, 80400): about 30% of plain draws do, and adapters miss them most. At 0 the draws are
+    those of earlier versions, so evaluation needles stay the same."""
     if distractors < 0:
         raise ValueError(f"distractors must be >= 0, not {distractors}")
+    if not 0.0 <= repeated_digits <= 1.0:
+        raise ValueError(f"repeated_digits must be a share in [0, 1], not {repeated_digits}")
     rng = random.Random(f"needle-{seed}-{haystack_tokens}")
     others = random.Random(f"needle-distractors-{seed}-{haystack_tokens}")
     pool = sorted(set(keys or [f"{color} {animal}" for color in _COLORS for animal in _ANIMALS]))
@@ -336,6 +348,9 @@ def needle_records(
     for _ in range(count):
         key = rng.choice(keys) if keys else f"{rng.choice(_COLORS)} {rng.choice(_ANIMALS)}"
         code = str(rng.randint(1000, 99999))
+        if repeated_digits and rng.random() < repeated_digits:
+            while not has_repeated_digit(code):
+                code = str(rng.randint(1000, 99999))
         sentences = [filler_sentence(rng) for _ in range(max(1, int(haystack_tokens / tokens_per_sentence)))]
         sentences.insert(rng.randint(0, len(sentences)), _needle_sentence(key, code))
         for other in others.sample([k for k in pool if k != key], distractors):

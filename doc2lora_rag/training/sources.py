@@ -76,7 +76,12 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
             record
             for length in spec.get("lengths", [64, 128, 256])
             for record in needle_records(
-                per_length, int(length), count_tokens, seed=seed, distractors=int(spec.get("distractors", 0))
+                per_length,
+                int(length),
+                count_tokens,
+                seed=seed,
+                distractors=int(spec.get("distractors", 0)),
+                repeated_digits=float(spec.get("repeated_digits", 0.0)),
             )
         ]
     raise ValueError(f"unknown data source kind {kind!r}")
