@@ -1,7 +1,8 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--json-out FILE] [--threads 2]
+        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--seed N] [--json-out FILE]
+        [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -27,7 +28,9 @@ misses are other needles' misses, the miss lies in the context, if the same, in 
 Misses are also counted apart for numbers with a digit twice in a row. ``--json-out`` keeps
 every needle's answer and kind. With several networks, each after the first is compared with
 it needle by needle: needles it answers exactly that the first misses (gained), the reverse
-(lost), and the two-sided sign test on those.
+(lost), and the two-sided sign test on those, over all needles and apart for numbers with and
+without a doubled digit. ``--seed`` draws other needles than the evaluation's, to check a
+finding on needles it was not found on.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from rich.table import Table
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.compare import sign_test_p
-from doc2lora_rag.evaluation.evaluate import niah_records
+from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
 from doc2lora_rag.generation.generate import _generation_config
 from doc2lora_rag.training.data import has_repeated_digit
@@ -92,21 +95,30 @@ def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
 
 def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
     """Each network after the first against the first, on the same needles: exact answers
-    gained and lost, and the sign test's p-value."""
+    gained and lost, and the sign test's p-value, over all needles and apart for numbers with
+    and without a digit twice in a row."""
     table = Table(title=f"exact answers against {names[0]}, needle by needle")
-    for column in ("hypernetwork", "beams", "haystack tokens", "gained", "lost", "sign test p"):
+    for column in ("hypernetwork", "beams", "haystack tokens", "numbers", "gained", "lost", "sign test p"):
         table.add_column(column)
+    groups = {
+        "all": lambda n: True,
+        "doubled digit": has_repeated_digit,
+        "no doubled digit": lambda n: not has_repeated_digit(n),
+    }
     prefix = f"{names[0]} "
     for key, first in answers.items():
         if not key.startswith(prefix):
             continue
         setting = key.removeprefix(prefix)
+        beams, tokens = (part.split("=")[1] for part in setting.split())
         for name in names[1:]:
-            other = answers[f"{name} {setting}"]
-            gained = sum(a["kind"] != "exact" and b["kind"] == "exact" for a, b in zip(first, other, strict=True))
-            lost = sum(a["kind"] == "exact" and b["kind"] != "exact" for a, b in zip(first, other, strict=True))
-            beams, tokens = (part.split("=")[1] for part in setting.split())
-            table.add_row(name, beams, tokens, str(gained), str(lost), f"{sign_test_p(gained, lost):.3f}")
+            pairs = list(zip(first, answers[f"{name} {setting}"], strict=True))
+            for group, member in groups.items():
+                chosen = [(a, b) for a, b in pairs if member(a["number"])]
+                gained = sum(a["kind"] != "exact" and b["kind"] == "exact" for a, b in chosen)
+                lost = sum(a["kind"] == "exact" and b["kind"] != "exact" for a, b in chosen)
+                p_value = f"{sign_test_p(gained, lost):.3f}"
+                table.add_row(name, beams, tokens, f"{group} ({len(chosen)})", str(gained), str(lost), p_value)
     return table
 
 
@@ -119,6 +131,7 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=0, help="needles of other keys in each haystack")
     parser.add_argument("--in-context", action="store_true", help="also answer with the haystack in the prompt")
     parser.add_argument("--turned", action="store_true", help="also read each haystack turned at its middle")
+    parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -133,7 +146,8 @@ def main() -> None:
         table.add_column(column)
     first = next(iter(engines.values()))  # one base model, so one tokenizer, for all networks
     haystacks = {
-        int(x): niah_records(first, args.count, int(x), distractors=args.distractors) for x in args.lengths.split(",")
+        int(x): niah_records(first, args.count, int(x), seed=args.seed, distractors=args.distractors)
+        for x in args.lengths.split(",")
     }
     widths = [int(x) for x in args.beams.split(",")]
     answers: dict[str, dict] = {}

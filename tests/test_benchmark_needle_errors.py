@@ -22,16 +22,24 @@ def test_width_one_is_the_library_answer_and_beam_search_prompts_as_it_does(tiny
 
 
 def test_the_paired_table_counts_needles_gained_and_lost_against_the_first_network() -> None:
+    numbers = ["11", "12", "33", "34", "56", "77"]
+
     def needles(kinds: str) -> list[dict]:
-        return [{"number": "1", "answer": "", "kind": "exact" if k == "x" else "other"} for k in kinds]
+        return [
+            {"number": n, "answer": "", "kind": "exact" if k == "x" else "other"}
+            for n, k in zip(numbers, kinds, strict=True)
+        ]
 
     answers = {
         "shipped beams=1 tokens=480": needles("xx.x.."),
         "run beams=1 tokens=480": needles("x.xxxx"),
     }
     table = needle_errors.paired_table(answers, ["shipped", "run"])
-    row = [column._cells[0] for column in table.columns]
-    assert row == ["run", "1", "480", "3", "1", "0.625"]  # 3 gained, 1 lost: 2 * 5/16
+    rows = [[column._cells[i] for column in table.columns] for i in range(3)]
+    assert rows[0] == ["run", "1", "480", "all (6)", "3", "1", "0.625"]  # 3 gained, 1 lost: 2 * 5/16
+    # 11, 33 and 77 have a doubled digit: 33 and 77 gained; 12 lost, 56 gained among the rest.
+    assert rows[1][3:] == ["doubled digit (3)", "2", "0", "0.500"]
+    assert rows[2][3:] == ["no doubled digit (3)", "1", "1", "1.000"]
 
 
 def test_a_turned_haystack_keeps_its_sentences_and_moves_the_needle() -> None:
