@@ -10,10 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.prompts import question_prompt
@@ -320,6 +322,15 @@ def test_squad_count_takes_an_even_sample_across_the_articles() -> None:
     assert whole.records == everything
 
 
+def token_counter(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
+    """The haystack builder's measure of length: tokens of ``tokenizer``."""
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    return count
+
+
 def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
     first, again = synthetic_fact_records(20, seed=3), synthetic_fact_records(20, seed=3)
     assert first == again and first != synthetic_fact_records(20, seed=4)
@@ -333,9 +344,7 @@ def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
         answers.setdefault(record.question, set()).add(record.answer)
     assert len(answers) < 100 and max(len(a) for a in answers.values()) > 3
     base = tiny_base_model()
-
-    def count(text: str) -> int:
-        return len(base.tokenizer.encode(text))
+    count = token_counter(base.tokenizer)
 
     needles = needle_records(5, 300, count, seed=1)
     for record in needles:
@@ -351,9 +360,7 @@ def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:
 
 def test_distractor_needles_join_the_same_haystacks_with_other_keys_and_numbers() -> None:
     base = tiny_base_model()
-
-    def count(text: str) -> int:
-        return len(base.tokenizer.encode(text))
+    count = token_counter(base.tokenizer)
 
     plain = needle_records(6, 200, count, seed=2)
     crowded = needle_records(6, 200, count, seed=2, distractors=4)
@@ -377,9 +384,7 @@ def test_distractor_needles_join_the_same_haystacks_with_other_keys_and_numbers(
 
 def test_needle_numbers_can_be_drawn_with_a_digit_twice_in_a_row() -> None:
     base = tiny_base_model()
-
-    def count(text: str) -> int:
-        return len(base.tokenizer.encode(text))
+    count = token_counter(base.tokenizer)
 
     plain = needle_records(60, 60, count, seed=3)
     every = needle_records(60, 60, count, seed=3, repeated_digits=1.0)
