@@ -79,15 +79,18 @@ def turned(text: str) -> str:
     return " ".join(sentences[middle:] + sentences[:middle])
 
 
+DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda n: not has_repeated_digit(n)}
+
+
 def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
     """Misses among numbers with a digit twice in a row against the rest, per reader."""
     table = Table(title="misses by number: a digit twice in a row (42277) or not")
-    for column in ("reader", "missed, doubled digit", "missed, no doubled digit"):
+    for column in ("reader", *(f"missed, {group}" for group in DIGIT_GROUPS)):
         table.add_column(column)
     for key, needles in answers.items():
         cells = []
-        for doubled in (True, False):
-            group = [n for n in needles if has_repeated_digit(n["number"]) == doubled]
+        for member in DIGIT_GROUPS.values():
+            group = [n for n in needles if member(n["number"])]
             cells.append(f"{sum(n['kind'] != 'exact' for n in group)}/{len(group)}")
         table.add_row(key, *cells)
     return table
@@ -100,11 +103,7 @@ def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
     table = Table(title=f"exact answers against {names[0]}, needle by needle")
     for column in ("hypernetwork", "beams", "haystack tokens", "numbers", "gained", "lost", "sign test p"):
         table.add_column(column)
-    groups = {
-        "all": lambda n: True,
-        "doubled digit": has_repeated_digit,
-        "no doubled digit": lambda n: not has_repeated_digit(n),
-    }
+    groups = {"all": lambda n: True, **DIGIT_GROUPS}
     prefix = f"{names[0]} "
     for key, first in answers.items():
         if not key.startswith(prefix):

@@ -10,12 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.prompts import question_prompt
@@ -30,6 +28,7 @@ from doc2lora_rag.training.data import (
     needle_records,
     squad_records,
     synthetic_fact_records,
+    token_counter,
     unrelated_records,
 )
 from doc2lora_rag.training.general import general_records, general_training_questions
@@ -320,15 +319,6 @@ def test_squad_count_takes_an_even_sample_across_the_articles() -> None:
     assert sampled.records[0] == everything[0] and sampled.records[-1] in everything[-len(everything) // 50 :]
     (whole,) = load_sources([{**spec, "count": 10**6}], tiny_base_model().tokenizer)
     assert whole.records == everything
-
-
-def token_counter(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
-    """The haystack builder's measure of length: tokens of ``tokenizer``."""
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text))
-
-    return count
 
 
 def test_synthetic_and_needle_generators_are_seeded_and_answerable() -> None:

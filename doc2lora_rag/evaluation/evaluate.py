@@ -20,7 +20,7 @@ from doc2lora_rag.evaluation.likelihood import answer_nll
 from doc2lora_rag.evaluation.metrics import answer_contains, normalize_answer, token_f1
 from doc2lora_rag.router.base import Corpus
 from doc2lora_rag.router.bm25 import BM25Router
-from doc2lora_rag.training.data import QARecord, needle_records
+from doc2lora_rag.training.data import QARecord, needle_records, token_counter
 
 MODES = ("no_context", "in_context", "adapter", "unrelated_adapter", "context_distillation")
 GENERAL_QUESTIONS = Path(__file__).with_name("general_questions.json")
@@ -253,10 +253,7 @@ def niah_records(engine, count: int, length: int, seed: int = NIAH_SEED, distrac
     """``count`` needle haystacks of ``length`` tokens, counted by the engine's tokenizer, each
     with ``distractors`` needles of other keys beside the one asked about."""
 
-    def count_tokens(text: str) -> int:
-        return len(engine.tokenizer.encode(text))
-
-    return needle_records(count, length, count_tokens, seed=seed, distractors=distractors)
+    return needle_records(count, length, token_counter(engine.tokenizer), seed=seed, distractors=distractors)
 
 
 def evaluate_niah(

@@ -16,6 +16,10 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SQUAD_TRAIN_ARTICLES = 38
 
@@ -300,6 +304,15 @@ _FILLER_TAILS = [
 
 def filler_sentence(rng: random.Random) -> str:
     return f"{rng.choice(_FILLER_SUBJECTS)} {rng.choice(_FILLER_VERBS)} {rng.choice(_FILLER_TAILS)}"
+
+
+def token_counter(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
+    """The length measure ``needle_records`` builds haystacks by: tokens of the text alone."""
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
 
 
 def has_repeated_digit(number: str) -> bool:

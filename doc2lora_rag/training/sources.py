@@ -13,6 +13,7 @@ from doc2lora_rag.training.data import (
     needle_records,
     squad_records,
     synthetic_fact_records,
+    token_counter,
     unrelated_records,
 )
 from doc2lora_rag.training.general import general_records
@@ -67,10 +68,6 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
         entities = spec.get("entities")
         return synthetic_fact_records(int(spec.get("count", 2000)), seed=seed, entities=entities and int(entities))
     if kind == "niah":
-
-        def count_tokens(text: str) -> int:
-            return len(tokenizer.encode(text, add_special_tokens=False))
-
         per_length = int(spec.get("count", 500))
         return [
             record
@@ -78,7 +75,7 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
             for record in needle_records(
                 per_length,
                 int(length),
-                count_tokens,
+                token_counter(tokenizer),
                 seed=seed,
                 distractors=int(spec.get("distractors", 0)),
                 repeated_digits=float(spec.get("repeated_digits", 0.0)),
