@@ -18,7 +18,13 @@ from doc2lora_rag import AdapterFormatError, Doc2LoRA, IncompatibleModelError, L
 from doc2lora_rag.adapters import lora as lora_module
 from doc2lora_rag.adapters.lora import CONFIG_FILE, WEIGHTS_FILE
 from doc2lora_rag.adapters.runtime import adapters_attached
-from doc2lora_rag.hypernetwork.chunking import chunk_texts, chunk_token_ids, split_into_parts, split_token_ids
+from doc2lora_rag.hypernetwork.chunking import (
+    chunk_texts,
+    chunk_token_ids,
+    split_into_parts,
+    split_sentences,
+    split_token_ids,
+)
 from doc2lora_rag.router.chunks import best_chunks
 
 SHORT_DOC = "The lighthouse keeper on Varn Island logs the tide at 06:40 every morning."
@@ -432,6 +438,16 @@ def test_sentence_chunks_end_where_sentences_end_and_keep_every_token(tiny_engin
         split_token_ids(tokenizer, SENTENCES, 40, "paragraphs")
     with pytest.raises(ValueError, match="chunking must be one of"):
         Doc2LoRA(tiny_engine.base, tiny_engine.hypernet, chunking="paragraphs")
+
+
+def test_sentences_are_split_where_sentence_chunks_may_end(tiny_engine) -> None:
+    sentences = split_sentences(SENTENCES)
+    first = ["Ada keeps bees.", "The hives stand by the river!", "Why?", "Honey sells in May.", "Prices rise."]
+    assert sentences[:5] == first
+    assert len(sentences) == 20 and split_sentences("  \n ") == []
+    chunks = [tiny_engine.tokenizer.decode(c).strip() for c in split_token_ids(tiny_engine.tokenizer, SENTENCES, 40)]
+    assert all(chunk in sentences or chunk.startswith(tuple(sentences)) for chunk in chunks)
+    assert " ".join(split_sentences(" ".join(chunks))) == " ".join(sentences)
 
 
 def test_training_parts_end_at_the_sentence_start_nearest_an_equal_share(tiny_engine) -> None:

@@ -24,6 +24,7 @@ from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 from doc2lora_rag.training.data import (
     QARecord,
+    cloze_records,
     has_repeated_digit,
     needle_records,
     squad_records,
@@ -392,6 +393,41 @@ def test_needle_numbers_can_be_drawn_with_a_digit_twice_in_a_row() -> None:
     spec = {"kind": "niah", "count": 60, "lengths": [60], "repeated_digits": 1.0}
     (source,) = load_sources([spec], base.tokenizer, seed=3)
     assert [r.answer for r in source.records] == [r.answer for r in every]
+
+
+def test_cloze_questions_quote_a_sentence_start_and_ask_for_its_end() -> None:
+    long_sentence = " ".join(f"word{i}" for i in range(40)) + "."
+    documents = ["Ada keeps bees by the river. Tiny. The hives stand in a row of nine.", long_sentence]
+    records = cloze_records(documents, 200, seed=1, max_answer_words=3)
+    assert len(records) == 200 and {r.source for r in records} == {"cloze"}
+    assert {r.context for r in records} == set(documents)  # "Tiny." is too short to ask about
+    for record in records:
+        start = record.question.split('"')[1].removesuffix(" ...").removeprefix("... ")
+        ending = f"{start} {record.answer}"
+        assert ending in record.context and 1 <= len(record.answer.split()) <= 3
+        assert len(start.split()) >= 4 and len(start.split()) <= 24
+        assert not record.answer.endswith(".")
+    assert any(r.question.split('"')[1].startswith("... ") for r in records if r.context == long_sentence)
+    assert records == cloze_records(documents, 200, seed=1, max_answer_words=3)
+    assert records != cloze_records(documents, 200, seed=2, max_answer_words=3)
+    with pytest.raises(ValueError, match="at least five words"):
+        cloze_records(["Too short. Also."], 3)
+    with pytest.raises(ValueError, match="max_answer_words"):
+        cloze_records(documents, 3, max_answer_words=0)
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs the shared SQuAD file")
+def test_cloze_source_asks_about_training_paragraphs_with_gold_targets() -> None:
+    base = tiny_base_model()
+    spec = {"kind": "cloze", "path": str(SQUAD), "count": 50, "synthetic_docs": 5, "held_out_articles": 3}
+    (source,) = load_sources([spec], base.tokenizer, seed=4)
+    assert source.target == "gold" == DEFAULT_TARGET["cloze"] and len(source.records) == 50
+    training = {r.context for r in squad_records(SQUAD, "train", held_out_articles=3)}
+    synthetic = {r.context for r in synthetic_fact_records(5, seed=4)}
+    assert {r.context for r in source.records} <= training | synthetic
+    assert all(r.teacher_sees_context and r.answer for r in source.records)
+    with pytest.raises(ValueError, match="not allowed"):
+        load_sources([{**spec, "split": "validation"}], base.tokenizer)
 
 
 def test_cli_train_under_torchrun_single_process(tmp_path: Path) -> None:

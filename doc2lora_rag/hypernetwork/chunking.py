@@ -52,6 +52,12 @@ def check_chunking(chunking: str) -> str:
     return chunking
 
 
+def split_sentences(text: str) -> list[str]:
+    """The text's sentences, cut where :func:`split_token_ids` may end a chunk."""
+    starts = [0, *(m.end() for m in _SENTENCE_START.finditer(text)), len(text)]
+    return [text[a:b].strip() for a, b in zip(starts, starts[1:], strict=False) if text[a:b].strip()]
+
+
 def split_token_ids(
     tokenizer: PreTrainedTokenizerBase, text: str, chunk_size: int, chunking: str = DEFAULT_CHUNKING
 ) -> list[list[int]]:

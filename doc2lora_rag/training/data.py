@@ -3,6 +3,7 @@
 - SQuAD-format JSON (the project's split: articles 1-38 train, 39-48 validation) and JSONL;
 - synthetic fact documents about fictional entities, whose answers no model can know;
 - needle-in-a-haystack documents of a chosen token length;
+- cloze questions on any text: the start of a sentence, asking how it ends;
 - "unrelated" records, pairing a document with a question about something else, whose target
   is the base model's own answer without context (so adapters leave general questions alone).
 """
@@ -13,10 +14,12 @@ import gzip
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from doc2lora_rag.hypernetwork.chunking import split_sentences
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -372,6 +375,42 @@ def needle_records(
                 number = str(others.randint(1000, 99999))
             sentences.insert(others.randint(0, len(sentences)), _needle_sentence(other, number))
         records.append(QARecord(" ".join(sentences), f"What is the secret number of the {key}?", code, "niah"))
+    return records
+
+
+# ---------------------------------------------------------------------------- sentence endings
+
+
+def cloze_records(documents: Sequence[str], count: int, seed: int = 0, max_answer_words: int = 5) -> list[QARecord]:
+    """Questions that quote the start of one of a document's sentences and ask how it ends.
+
+    They need no annotation, so any text can teach the hypernetwork to carry *every* sentence
+    of a chunk, not only the few that a dataset's questions ask about. The answer is the last
+    1 to ``max_answer_words`` words of a sentence of at least five words, without its final
+    punctuation; at least four words (at most 24) are quoted, so that the start names the
+    sentence."""
+    if max_answer_words < 1:
+        raise ValueError(f"max_answer_words must be >= 1, not {max_answer_words}")
+    candidates = [
+        (document, words)
+        for document in dict.fromkeys(documents)
+        for sentence in split_sentences(document)
+        if len(words := sentence.split()) >= 5
+    ]
+    if count > 0 and not candidates:
+        raise ValueError("cloze questions need documents with sentences of at least five words")
+    rng = random.Random(f"cloze-{seed}")
+    records = []
+    for _ in range(count):
+        document, words = rng.choice(candidates)
+        cut = len(words) - rng.randint(1, min(max_answer_words, len(words) - 4))
+        answer = " ".join(words[cut:]).rstrip(".!?;:,\"'\u201d\u2019")
+        if not answer:
+            continue
+        start = " ".join(words[max(0, cut - 24) : cut])  # long sentences: their last 24 words
+        start = start if cut <= 24 else f"... {start}"
+        question = f'How does this sentence of the document end? "{start} ..."'
+        records.append(QARecord(document, question, answer, "cloze"))
     return records
 
 

@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerBase
 
 from doc2lora_rag.training.data import (
     QARecord,
+    cloze_records,
     even_sample,
     jsonl_records,
     needle_records,
@@ -25,6 +26,7 @@ DEFAULT_TARGET = {
     "niah": "gold",
     "unrelated": "teacher",
     "general": "teacher",
+    "cloze": "gold",
 }
 
 
@@ -57,11 +59,10 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
     if kind == "unrelated":
         return unrelated_records(_squad(spec), int(spec.get("count", 500)), seed=seed)
     if kind == "general":
-        # Documents: the SQuAD training paragraphs (with ``path``) and synthetic fact documents.
-        documents = [r.context for r in synthetic_fact_records(int(spec.get("synthetic_docs", 500)), seed=seed)]
-        if "path" in spec:
-            documents += [r.context for r in _squad(spec)]
-        return general_records(documents, int(spec.get("count", 1000)), seed=seed)
+        return general_records(_documents(spec, seed), int(spec.get("count", 1000)), seed=seed)
+    if kind == "cloze":
+        answer_words = int(spec.get("max_answer_words", 5))
+        return cloze_records(_documents(spec, seed), int(spec.get("count", 2000)), seed, answer_words)
     if kind == "jsonl":
         return jsonl_records(spec["path"])
     if kind == "synthetic":
@@ -82,6 +83,15 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
             )
         ]
     raise ValueError(f"unknown data source kind {kind!r}")
+
+
+def _documents(spec: dict, seed: int) -> list[str]:
+    """Documents to pair with questions the source makes itself: ``synthetic_docs`` synthetic
+    fact documents and, with ``path``, the SQuAD training paragraphs."""
+    documents = [r.context for r in synthetic_fact_records(int(spec.get("synthetic_docs", 500)), seed=seed)]
+    if "path" in spec:
+        documents += [r.context for r in _squad(spec)]
+    return documents
 
 
 def _squad(spec: dict) -> list[QARecord]:
