@@ -416,6 +416,20 @@ def test_cloze_questions_quote_a_sentence_start_and_ask_for_its_end() -> None:
         cloze_records(documents, 3, max_answer_words=0)
 
 
+def test_cloze_and_general_sources_read_your_own_unlabelled_texts(tmp_path: Path) -> None:
+    base = tiny_base_model()
+    texts = tmp_path / "texts.jsonl"
+    mine = ["The lighthouse on Orrin Point was painted green in 1911.", "Our canteen serves soup on Tuesdays."]
+    texts.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(mine)) + "\n\n")
+    spec = {"texts": str(texts), "synthetic_docs": 0, "count": 20}
+    cloze, general = load_sources([{**spec, "kind": "cloze"}, {**spec, "kind": "general"}], base.tokenizer)
+    assert {r.context for r in cloze.records} == set(mine) == {r.context for r in general.records}
+    assert all(r.answer in r.context for r in cloze.records)
+    texts.write_text(json.dumps({"text": mine[0]}) + "\n" + json.dumps({"body": "no text field"}) + "\n")
+    with pytest.raises(ValueError, match=r"texts.jsonl:2: needs a non-empty 'text' field"):
+        load_sources([{**spec, "kind": "cloze"}], base.tokenizer)
+
+
 @pytest.mark.skipif(not SQUAD.is_file(), reason="needs the shared SQuAD file")
 def test_cloze_source_asks_about_training_paragraphs_with_gold_targets() -> None:
     base = tiny_base_model()

@@ -118,6 +118,21 @@ def jsonl_records(path: str | Path) -> list[QARecord]:
     return records
 
 
+def text_documents(path: str | Path) -> list[str]:
+    """The ``text`` field of each line of a JSONL file: documents without questions, for
+    sources that make their own (cloze, general)."""
+    documents = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            text = json.loads(line).get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{path}:{number}: needs a non-empty 'text' field")
+            documents.append(text)
+    return documents
+
+
 # ---------------------------------------------------------------------------- synthetic facts
 
 _SYLLABLES = [

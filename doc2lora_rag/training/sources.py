@@ -14,6 +14,7 @@ from doc2lora_rag.training.data import (
     needle_records,
     squad_records,
     synthetic_fact_records,
+    text_documents,
     token_counter,
     unrelated_records,
 )
@@ -87,10 +88,13 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
 
 def _documents(spec: dict, seed: int) -> list[str]:
     """Documents to pair with questions the source makes itself: ``synthetic_docs`` synthetic
-    fact documents and, with ``path``, the SQuAD training paragraphs."""
+    fact documents, with ``path`` the SQuAD training paragraphs, and with ``texts`` the lines of
+    a JSONL file of ``{"text": ...}``."""
     documents = [r.context for r in synthetic_fact_records(int(spec.get("synthetic_docs", 500)), seed=seed)]
     if "path" in spec:
         documents += [r.context for r in _squad(spec)]
+    if "texts" in spec:
+        documents += text_documents(spec["texts"])
     return documents
 
 
