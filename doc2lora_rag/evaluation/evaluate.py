@@ -252,7 +252,6 @@ NIAH_SEED = 1000  # the needles `doc2lora eval --niah` asks about; the needle be
 def niah_records(engine, count: int, length: int, seed: int = NIAH_SEED, distractors: int = 0) -> list[QARecord]:
     """``count`` needle haystacks of ``length`` tokens, counted by the engine's tokenizer, each
     with ``distractors`` needles of other keys beside the one asked about."""
-
     return needle_records(count, length, token_counter(engine.tokenizer), seed=seed, distractors=distractors)
 
 

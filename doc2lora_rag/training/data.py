@@ -107,14 +107,10 @@ def squad_records(
 def jsonl_records(path: str | Path) -> list[QARecord]:
     """Records of a JSONL file with ``context``, ``question`` and optional ``answer`` fields."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "context" not in row or "question" not in row:
-                raise ValueError(f"{path}:{number}: needs 'context' and 'question' fields")
-            records.append(QARecord(row["context"], row["question"], row.get("answer"), "jsonl"))
+    for number, row in _jsonl_rows(path):
+        if "context" not in row or "question" not in row:
+            raise ValueError(f"{path}:{number}: needs 'context' and 'question' fields")
+        records.append(QARecord(row["context"], row["question"], row.get("answer"), "jsonl"))
     return records
 
 
@@ -122,15 +118,20 @@ def text_documents(path: str | Path) -> list[str]:
     """The ``text`` field of each line of a JSONL file: documents without questions, for
     sources that make their own (cloze, general)."""
     documents = []
+    for number, row in _jsonl_rows(path):
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}:{number}: needs a non-empty 'text' field")
+        documents.append(text)
+    return documents
+
+
+def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Each non-blank line of a JSONL file, parsed, with its line number."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            text = json.loads(line).get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{path}:{number}: needs a non-empty 'text' field")
-            documents.append(text)
-    return documents
+            if line.strip():
+                yield number, json.loads(line)
 
 
 # ---------------------------------------------------------------------------- synthetic facts

@@ -69,7 +69,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     l1_weight: float = 1e-4
     seed: int = 0
-    # Each source: {"kind": squad|jsonl|synthetic|niah|unrelated|general, "weight": w, "target": teacher|gold, ...}
+    # Each source: {"kind": squad|jsonl|synthetic|niah|unrelated|general|cloze, "weight": w,
+    # "target": teacher|gold, ...}
     data: list[dict] = field(default_factory=lambda: [{"kind": "synthetic", "count": 2000, "target": "gold"}])
     chunk_curriculum: dict[str, float] = field(default_factory=lambda: {"1": 0.6, "2": 0.25, "3": 0.1, "4": 0.05})
     max_doc_tokens: int = 1024
