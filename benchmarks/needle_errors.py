@@ -1,8 +1,8 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--seed N] [--json-out FILE]
-        [--threads 2]
+        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--refine-steps N] [--seed N]
+        [--json-out FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -25,7 +25,9 @@ that the adapter replaces. ``--turned`` also answers with the adapter of each ha
 at its middle sentence (the same sentences from the middle on, then the first half), the needle
 at another depth among the same neighbours, as an overlapping chunk would read it: if its
 misses are other needles' misses, the miss lies in the context, if the same, in the number.
-Misses are also counted apart for numbers with a digit twice in a row. ``--json-out`` keeps
+``--refine-steps N`` also answers with the first network's adapters refined by N gradient
+steps on the haystack's own sentence endings (``Doc2LoRA.refine``), the needle's sentence
+among them. Misses are also counted apart for numbers with a digit twice in a row. ``--json-out`` keeps
 every needle's answer and kind. With several networks, each after the first is compared with
 it needle by needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those, over all needles and apart for numbers with and
@@ -82,6 +84,16 @@ def turned(text: str) -> str:
 DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda n: not has_repeated_digit(n)}
 
 
+def reader_adapter(engine: Doc2LoRA, text: str, mode: str, refine_steps: int = 0):
+    """What a reader answers with: nothing (in context), the haystack's adapter, the turned
+    haystack's, or the haystack's adapter refined."""
+    if mode == "context":
+        return None
+    source = turned(text) if mode == "turned" else text
+    adapter = engine.internalize(source)
+    return engine.refine(adapter, source, steps=refine_steps) if mode == "refined" else adapter
+
+
 def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
     """Misses among numbers with a digit twice in a row against the rest, per reader."""
     table = Table(title="misses by number: a digit twice in a row (42277) or not")
@@ -130,6 +142,7 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=0, help="needles of other keys in each haystack")
     parser.add_argument("--in-context", action="store_true", help="also answer with the haystack in the prompt")
     parser.add_argument("--turned", action="store_true", help="also read each haystack turned at its middle")
+    parser.add_argument("--refine-steps", type=int, default=0, help="also answer with adapters refined this much")
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
@@ -154,14 +167,15 @@ def main() -> None:
     readers += [("in context", first, "context")] if args.in_context else []
     turned_reader = [f"{next(iter(engines))}, turned"] if args.turned else []
     readers += [(name, first, "turned") for name in turned_reader]
+    refined_reader = [f"{next(iter(engines))}, refined {args.refine_steps}"] if args.refine_steps else []
+    readers += [(name, first, "refined") for name in refined_reader]
     for name, engine, mode in readers:
         in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
             for record in records:
-                text = turned(record.context) if mode == "turned" else record.context
-                adapter = None if in_context else engine.internalize(text)
+                adapter = reader_adapter(engine, record.context, mode, args.refine_steps)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
                 for beams in reader_widths:
                     if in_context:
@@ -178,7 +192,7 @@ def main() -> None:
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)
     console.print(table)
-    compared = list(engines) + turned_reader
+    compared = list(engines) + turned_reader + refined_reader
     if len(compared) > 1:
         console.print(paired_table(answers, compared))
     console.print(doubled_digit_table(answers))

@@ -46,7 +46,10 @@ class Doc2LoRA:
         *,
         max_chars: int = MAX_DOCUMENT_CHARS,
         chunking: str = DEFAULT_CHUNKING,
+        refine_steps: int = 0,
     ):
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, not {refine_steps}")
         self.base = base
         self.fingerprint = model_fingerprint(base.model)
         if hypernet.config.base_fingerprint != self.fingerprint:
@@ -60,6 +63,9 @@ class Doc2LoRA:
         self.max_chars = max_chars
         self.chunking = check_chunking(chunking)  # where chunks end: see hypernetwork/chunking.py
         self.token_budget = 8192  # chunk tokens per hypernetwork batch
+        # Gradient steps on each new adapter after the hypernetwork wrote it (0: none), fitting
+        # it to the document's own sentences for seconds per chunk (training/refine.py).
+        self.refine_steps = refine_steps
         self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting
         # means tokenising the whole document, a tenth of answering at 32K tokens.
@@ -74,11 +80,13 @@ class Doc2LoRA:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         chunking: str = DEFAULT_CHUNKING,
+        refine_steps: int = 0,
         **hypernet_options,
     ) -> Doc2LoRA:
         """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
         hypernetwork (or a fresh, untrained one where none fits, with a warning). ``chunking``
-        says where a long document's chunks end (``"sentences"`` or ``"tokens"``)."""
+        says where a long document's chunks end (``"sentences"`` or ``"tokens"``);
+        ``refine_steps`` refines every new adapter by that many gradient steps (``refine``)."""
         base = (
             base_model if isinstance(base_model, BaseModel) else load_base_model(base_model, device=device, dtype=dtype)
         )
@@ -97,7 +105,7 @@ class Doc2LoRA:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 network = HyperNetwork(HypernetConfig.for_base_model(base, **hypernet_options))
-        return cls(base, network, chunking=chunking)
+        return cls(base, network, chunking=chunking, refine_steps=refine_steps)
 
     @property
     def model(self):
@@ -117,7 +125,6 @@ class Doc2LoRA:
         """Read a document once and return the adapter that holds it."""
         return self.internalize_many([text], metadata=[metadata or {}])[0]
 
-    @torch.inference_mode()
     def internalize_many(
         self, texts: Sequence[str | bytes], *, metadata: Sequence[dict] | None = None
     ) -> list[LoRAAdapter]:
@@ -128,6 +135,25 @@ class Doc2LoRA:
         metadata = list(metadata) if metadata is not None else [{} for _ in texts]
         if len(metadata) != len(texts):
             raise ValueError(f"got {len(metadata)} metadata dicts for {len(texts)} documents")
+        adapters = self._read(texts, metadata)
+        if self.refine_steps:
+            adapters = [self.refine(adapter, text) for adapter, text in zip(adapters, texts, strict=True)]
+        return adapters
+
+    def refine(self, adapter: LoRAAdapter, text: str | bytes, *, steps: int | None = None) -> LoRAAdapter:
+        """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
+        gradient steps per chunk on completing the chunk's own sentences: seconds per chunk on
+        a CPU instead of one forward pass (docs/engine.md, "Refinement")."""
+        from doc2lora_rag.training.refine import refine_adapter
+
+        self.check_adapters(adapter)
+        steps = steps if steps is not None else self.refine_steps or 10
+        texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars), adapter.chunking)
+        return refine_adapter(self, adapter, texts, steps=steps)
+
+    @torch.inference_mode()
+    def _read(self, texts: list[str], metadata: list[dict]) -> list[LoRAAdapter]:
+        """The hypernetwork's adapters for validated texts: one forward pass over all chunks."""
         chunks, owner = [], []
         for doc_index, text in enumerate(texts):
             for chunk in chunk_token_ids(self.tokenizer, self.wrapper, text, self.config.chunk_size, self.chunking):

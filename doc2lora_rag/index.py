@@ -312,9 +312,7 @@ class Doc2LoRAIndex:
             adapters.update({h: a for (h, _), a in zip(fresh, made, strict=True)})
         with self.store.writing():
             for doc_id, item in batch:
-                adapter = dataclasses.replace(
-                    adapters[item.content_hash], metadata={"id": doc_id, "content_hash": item.content_hash}
-                )
+                adapter = adapters[item.content_hash].tagged(id=doc_id, content_hash=item.content_hash)
                 self.store.put(doc_id, item.text, item.metadata, adapter, content_hash=item.content_hash)
 
     # ---------------------------------------------------------------- routing

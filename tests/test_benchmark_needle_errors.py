@@ -62,3 +62,14 @@ def test_misses_are_counted_apart_for_numbers_with_a_doubled_digit() -> None:
     table = needle_errors.doubled_digit_table(answers)
     row = [column._cells[0] for column in table.columns]
     assert row == ["shipped beams=1 tokens=480", "1/2", "1/3"]
+
+
+def test_readers_answer_with_the_haystack_its_turned_copy_or_its_refined_adapter(tiny_engine) -> None:
+    text = "One two three four five. The secret number of the red fox is 42277. Six seven eight nine ten."
+    assert needle_errors.reader_adapter(tiny_engine, text, "context") is None
+    made = needle_errors.reader_adapter(tiny_engine, text, "adapter")
+    assert made.factors.keys() == tiny_engine.internalize(text).factors.keys()
+    turned = needle_errors.reader_adapter(tiny_engine, text, "turned")
+    assert turned.num_chunks == tiny_engine.internalize(needle_errors.turned(text)).num_chunks
+    refined = needle_errors.reader_adapter(tiny_engine, text, "refined", refine_steps=2)
+    assert refined.metadata["refine_steps"] == 2 and "refine_steps" not in made.metadata

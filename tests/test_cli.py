@@ -230,6 +230,22 @@ def test_max_chars_reaches_the_engine(tiny, tmp_path, monkeypatch) -> None:
     assert result.exit_code == 0 and summary["failed"] == [] and summary["added"] == 1
 
 
+def test_ingest_refines_each_new_adapter_when_asked(tiny, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ferry.txt").write_text(FERRY)
+    plain, refined = tmp_path / "plain", tmp_path / "refined"
+    assert ingest(tiny, plain, docs)[0].exit_code == 0
+    result, summary = ingest(tiny, refined, docs, extra=("--refine-steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert summary["added"] == 1 and summary["failed"] == []
+    key = str(docs / "ferry.txt")
+    with AdapterStore(plain, create=False) as first, AdapterStore(refined, create=False) as second:
+        made, tuned = first.load_adapter(key), second.load_adapter(key)
+    assert "refine_steps" not in made.metadata and tuned.metadata["refine_steps"] == 2
+    assert any(not torch.equal(made.factors[n][1], b) for n, (_, b) in tuned.factors.items())
+
+
 def test_a_store_inside_the_ingested_folder_is_not_read_as_documents(tiny, corpus, tmp_path) -> None:
     """Its adapter_config.json files used to fail as JSON documents on every re-run (exit 1)."""
     store = corpus / "kb"

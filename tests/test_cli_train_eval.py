@@ -138,3 +138,22 @@ def test_eval_with_a_missing_hypernetwork_is_one_line(tiny_model_dir: Path, tmp_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "error: cannot read hypernetwork" in result.output
+
+
+def test_eval_scores_refined_adapters_and_another_documents_as_control(tiny_model_dir: Path, tmp_path: Path) -> None:
+    numbers, report = tmp_path / "results.json", tmp_path / "results.md"
+    result = CliRunner().invoke(app, [
+        "eval", "--base-model", str(tiny_model_dir), "--data", "synthetic:4", "--limit", "4", "--general-docs", "2",
+        "--refine-steps", "2", "--max-new-tokens", "3", "--json-out", str(numbers), "--markdown", str(report),
+    ])
+    assert result.exit_code == 0, result.output
+    results = json.loads(numbers.read_text())
+    qa = results["qa"]["synthetic-heldout"]
+    assert {"adapter", "refined_adapter", "unrelated_refined"} <= set(qa["scores"])
+    general = results["general"]["scores"]  # general questions under another document's refined adapter too
+    assert set(general) == {"no_context", "unrelated_adapter", "routed", "unrelated_refined"}
+    assert "nll" in qa["scores"]["unrelated_refined"]
+    seconds = qa["seconds_per_document"]
+    assert seconds["refined_adapter"] > seconds["adapter"] > 0  # refining starts from the hypernetwork's adapter
+    assert set(qa["refined_ratios"]) == {"f1", "contains"}
+    assert "refined_adapter / in-context" in report.read_text()

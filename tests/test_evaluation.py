@@ -146,6 +146,32 @@ def test_unrelated_adapter_mode_uses_another_documents_adapter() -> None:
     assert report.scores["unrelated_adapter"]["contains"] == pytest.approx(0.5)
 
 
+def test_refined_modes_refine_each_documents_adapter_once_and_swap_them_for_the_control() -> None:
+    records = [QARecord("doc one", "q1?", "red"), QARecord("doc two", "q2?", "blue")]
+    seen, refined = [], []
+
+    class _Refining(_ScriptedEngine):
+        def refine(self, adapter, text, *, steps=None):
+            refined.append((adapter, text, steps))
+            return f"adapter:refined {text}"
+
+        def generate_batch(self, questions, *, adapters=None, contexts=None, max_new_tokens=48):
+            seen.extend(zip(questions, adapters or [None] * len(questions), strict=True))
+            return [_Completion("red") for _ in questions]
+
+    modes = ["refined_adapter", "unrelated_refined"]
+    report = evaluate_qa(_Refining({}), records, modes=modes, refine_steps=7, progress=False)
+    assert refined == [("adapter:doc one", "doc one", 7), ("adapter:doc two", "doc two", 7)]
+    assert seen == [
+        ("q1?", "adapter:refined doc one"),
+        ("q2?", "adapter:refined doc two"),
+        ("q1?", "adapter:refined doc two"),
+        ("q2?", "adapter:refined doc one"),
+    ]
+    assert set(report.seconds_per_document) == {"refined_adapter"}  # no scores, no time for "adapter"
+    assert report.to_dict()["refined_ratios"] == {"f1": None, "contains": None}  # no in-context run
+
+
 def test_squad_answers_are_scored_against_every_accepted_answer(tmp_path: Path) -> None:
     """SQuAD lists up to three answers per question; the official script takes the best match."""
     answers = [{"text": "Denver Broncos"}, {"text": "Broncos"}, {"text": "Denver Broncos"}]

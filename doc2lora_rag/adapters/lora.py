@@ -125,6 +125,10 @@ class LoRAAdapter:
             bias_rank=first.bias_rank if shared else 0,
         )
 
+    def tagged(self, **metadata) -> LoRAAdapter:
+        """The same adapter with ``metadata`` added to (or replacing keys of) its own."""
+        return self._replace(metadata={**self.metadata, **metadata})
+
     def _replace(self, **changes) -> LoRAAdapter:
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
         return LoRAAdapter(**{**fields, **changes})

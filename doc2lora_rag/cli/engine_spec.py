@@ -28,21 +28,24 @@ class EngineLoadError(Doc2LoRAError):
 @dataclass(frozen=True)
 class EngineSpec:
     """Where the engine comes from: a base model (HF id or folder; None = embedded default),
-    a hypernetwork folder (None = shipped, or fresh where none fits), device and threads, and
-    the longest document it reads (None = the engine's default)."""
+    a hypernetwork folder (None = shipped, or fresh where none fits), device and threads, the
+    longest document it reads (None = the engine's default), and the refinement steps it gives
+    each new adapter (0 = none)."""
 
     base_model: str | None = None
     hypernet: str | None = None
     device: str | None = None
     threads: int | None = None
     max_chars: int | None = None
+    refine_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
-        return cls(**{k: data.get(k) for k in ("base_model", "hypernet", "device", "threads", "max_chars")})
+        keys = ("base_model", "hypernet", "device", "threads", "max_chars")
+        return cls(**{k: data.get(k) for k in keys}, refine_steps=data.get("refine_steps") or 0)
 
     @classmethod
     def resolve(
@@ -71,7 +74,10 @@ class EngineSpec:
             warnings.simplefilter("always")
             try:
                 engine = Doc2LoRA.from_pretrained(
-                    hypernet=self.hypernet, base_model=self.base_model, device=self.device
+                    hypernet=self.hypernet,
+                    base_model=self.base_model,
+                    device=self.device,
+                    refine_steps=self.refine_steps,
                 )
             except Doc2LoRAError:
                 raise

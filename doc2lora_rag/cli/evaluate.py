@@ -41,6 +41,9 @@ def evaluate(
         int, typer.Option(help="run the CD baseline on the first N documents of each data source only (0: all)")
     ] = 0,
     cd_steps: Annotated[int, typer.Option(help="optimiser steps of the CD baseline per document")] = 30,
+    refine_steps: Annotated[
+        int, typer.Option(help="also score adapters refined by this many steps per chunk (0: skip)", min=0)
+    ] = 0,
     general_docs: Annotated[
         int,
         typer.Option(help="general-knowledge questions with the adapters of this many evaluated documents (0: skip)"),
@@ -67,6 +70,7 @@ def evaluate(
         sources = [_eval_records(item, limit) for item in data or []]
         engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model, chunking=chunking)
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
+    modes += ["refined_adapter", "unrelated_refined"] if refine_steps else []
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
     results: dict = {
         "hypernet": hypernet or "shipped default",
@@ -82,16 +86,23 @@ def evaluate(
         if context_distillation and cd_docs:
             # CD costs seconds to minutes per document: compare it with the adapter on a subset.
             subset = _first_documents(records, cd_docs)
-            runs.append((f"{name} (CD subset)", subset, ["in_context", "adapter", "context_distillation"]))
+            subset_modes = ["in_context", "adapter", *(["refined_adapter"] if refine_steps else [])]
+            runs.append((f"{name} (CD subset)", subset, [*subset_modes, "context_distillation"]))
         for run_name, run_records, run_modes in runs:
             report = evaluate_qa(
-                engine, run_records, modes=run_modes, max_new_tokens=max_new_tokens, cd_steps=cd_steps, likelihood=True
+                engine,
+                run_records,
+                modes=run_modes,
+                max_new_tokens=max_new_tokens,
+                cd_steps=cd_steps,
+                refine_steps=refine_steps,
+                likelihood=True,
             )
             results["qa"][run_name] = report.to_dict()
             _print_qa(run_name, report)
     if general_docs:
         documents = _interleaved_documents(evaluated or [_eval_records("synthetic:", general_docs)[1]], general_docs)
-        general = evaluate_general(engine, documents, max_new_tokens=max_new_tokens)
+        general = evaluate_general(engine, documents, max_new_tokens=max_new_tokens, refine_steps=refine_steps)
         results["general"] = general.to_dict()
         _print_general(general)
     if lengths:
@@ -175,8 +186,10 @@ def _print_qa(name: str, report) -> None:
         table.add_row(
             mode, f"{scores['f1']:.3f}", f"{scores['contains']:.3f}", nll, "" if seconds is None else f"{seconds:.2f}"
         )
-    ratios = [report.ratio(metric) for metric in ("f1", "contains")]
-    table.add_row("adapter / in-context", *("" if r is None else f"{r:.3f}" for r in ratios), "", "")
+    for mode in ("adapter", "refined_adapter"):
+        if mode in report.scores:
+            ratios = [report.ratio(metric, mode) for metric in ("f1", "contains")]
+            table.add_row(f"{mode} / in-context", *("" if r is None else f"{r:.3f}" for r in ratios), "", "")
     console.print(table)
 
 

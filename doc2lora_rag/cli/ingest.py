@@ -51,6 +51,12 @@ def ingest(
     batch_size: BatchSizeOption = 8,
     max_chars: MaxCharsOption = MAX_DOCUMENT_CHARS,
     threads: ThreadsOption = None,
+    refine_steps: Annotated[
+        int,
+        typer.Option(
+            min=0, help="gradient steps per chunk on each new adapter: better recall, seconds per chunk (0: none)"
+        ),
+    ] = 0,
     rescan: Annotated[
         bool, typer.Option("--rescan", help="read every file even when its size and time are unchanged")
     ] = False,
@@ -95,7 +101,9 @@ def ingest(
     )
 
     def make_builder() -> Builder:
-        spec = EngineSpec.resolve(opened, base_model, hypernet, threads=threads, max_chars=max_chars)
+        spec = EngineSpec.resolve(
+            opened, base_model, hypernet, threads=threads, max_chars=max_chars, refine_steps=refine_steps
+        )
         if ray:
             from doc2lora_rag.cli.ray_ingest import RayBuilder
 

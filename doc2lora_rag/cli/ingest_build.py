@@ -6,7 +6,6 @@ document at a time, so one bad document costs only itself in a bulk ingest.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -99,5 +98,5 @@ def local_builder(store: AdapterStore, spec: EngineSpec, warn: Callable[[str], N
 
 def commit(store: AdapterStore, doc: PendingDocument, adapter: LoRAAdapter) -> None:
     """Store one document with its adapter, tagged as ``Doc2LoRAIndex`` tags it."""
-    tagged = dataclasses.replace(adapter, metadata={"id": doc.id, "content_hash": doc.content_hash})
+    tagged = adapter.tagged(id=doc.id, content_hash=doc.content_hash)
     store.put(doc.id, doc.text, doc.metadata, tagged, content_hash=doc.content_hash)

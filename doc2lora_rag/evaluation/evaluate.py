@@ -22,7 +22,15 @@ from doc2lora_rag.router.base import Corpus
 from doc2lora_rag.router.bm25 import BM25Router
 from doc2lora_rag.training.data import QARecord, needle_records, token_counter
 
-MODES = ("no_context", "in_context", "adapter", "unrelated_adapter", "context_distillation")
+MODES = (
+    "no_context",
+    "in_context",
+    "adapter",
+    "refined_adapter",
+    "unrelated_adapter",
+    "unrelated_refined",
+    "context_distillation",
+)
 GENERAL_QUESTIONS = Path(__file__).with_name("general_questions.json")
 
 
@@ -49,6 +57,11 @@ class QAReport:
         return {
             "scores": self.scores,
             "ratios": {m: self.ratio(m) for m in ("f1", "contains")},
+            **(
+                {"refined_ratios": {m: self.ratio(m, "refined_adapter") for m in ("f1", "contains")}}
+                if "refined_adapter" in self.scores
+                else {}
+            ),
             "seconds_per_document": self.seconds_per_document,
             "num_questions": self.num_questions,
             "num_documents": self.num_documents,
@@ -66,11 +79,14 @@ def evaluate_qa(
     max_new_tokens: int = 48,
     batch_size: int = 8,
     cd_steps: int = 30,
+    refine_steps: int = 10,
     likelihood: bool = False,
     progress: bool = True,
 ) -> QAReport:
     """Answer every record in each mode and score it against its gold answer; with
-    ``likelihood``, also the mean negative log-likelihood of the gold answer (``nll``)."""
+    ``likelihood``, also the mean negative log-likelihood of the gold answer (``nll``).
+    ``refined_adapter`` is the adapter after ``refine_steps`` steps of ``Doc2LoRA.refine``;
+    its update time includes the hypernetwork's."""
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}")
@@ -83,16 +99,27 @@ def evaluate_qa(
     )
     answers: dict[str, list[str]] = {}
     made: dict[str, dict] = {}
+    seconds: dict[str, float] = {}  # update time per document of each kind of adapter made
+
+    def make(kind: str) -> dict:
+        if kind not in made:
+            if kind == "refined_adapter":
+                made[kind], total = _refined(engine, make("adapter"), refine_steps, progress)
+                total += seconds["adapter"] * len(by_context)  # the hypernetwork wrote them first
+            else:
+                made[kind], total = _adapters_for(engine, records, by_context, kind, cd_steps, progress)
+            seconds[kind] = total / max(1, len(by_context))
+        return made[kind]
+
     for mode in modes:
         adapters = None
-        if mode in ("adapter", "context_distillation"):
-            adapters, seconds = _adapters_for(engine, records, by_context, mode, cd_steps, progress)
-            report.seconds_per_document[mode] = seconds / max(1, len(by_context))
-            made[mode] = adapters
-        elif mode == "unrelated_adapter":
+        if mode in ("adapter", "refined_adapter", "context_distillation"):
+            adapters = make(mode)
+            report.seconds_per_document[mode] = seconds[mode]
+        elif mode in ("unrelated_adapter", "unrelated_refined"):
             # Every question gets the adapter of another document: how much do adapters hurt
             # questions they know nothing about (compare with no_context)?
-            own = made.get("adapter") or _adapters_for(engine, records, by_context, "adapter", cd_steps, progress)[0]
+            own = make("refined_adapter" if mode == "unrelated_refined" else "adapter")
             contexts = list(by_context)
             adapters = {c: own[contexts[(i + 1) % len(contexts)]] for i, c in enumerate(contexts)}
         answers[mode] = _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress)
@@ -137,6 +164,16 @@ def _adapters_for(engine, records, by_context, mode, cd_steps, progress) -> tupl
             adapters[context] = context_distill(engine, context, [records[i].question for i in indices], steps=cd_steps)
         total += time.perf_counter() - started
     return adapters, total
+
+
+def _refined(engine, adapters: dict, steps: int, progress: bool) -> tuple[dict, float]:
+    """Each document's adapter refined by ``steps`` steps, and the total time it took."""
+    refined, total = {}, 0.0
+    for context, adapter in tqdm(adapters.items(), desc="refined_adapter", disable=not progress):
+        started = time.perf_counter()
+        refined[context] = engine.refine(adapter, context, steps=steps)
+        total += time.perf_counter() - started
+    return refined, total
 
 
 def _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress) -> list[str]:
@@ -194,27 +231,37 @@ def evaluate_general(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 8,
+    refine_steps: int = 0,
     progress: bool = True,
 ) -> GeneralReport:
     """Answer general questions with the base model alone, then question ``i`` again with the
     adapter of ``documents[i % len(documents)]``: a knowledge module should leave what the
-    model already knew as it was."""
+    model already knew as it was. With ``refine_steps``, also with that adapter refined
+    (``unrelated_refined``)."""
     if not documents:
         raise ValueError("evaluate_general needs at least one document")
     questions = list(general_questions() if questions is None else questions)
     adapters = [engine.internalize(text) for text in tqdm(documents, desc="general adapters", disable=not progress)]
     rows = [adapters[i % len(adapters)] for i in range(len(questions))]
+    forced = {"unrelated_adapter": rows}
+    if refine_steps:
+        refined = [engine.refine(a, t, steps=refine_steps) for a, t in zip(adapters, documents, strict=True)]
+        forced["unrelated_refined"] = [refined[i % len(refined)] for i in range(len(questions))]
     router = BM25Router()
     ids = [str(i) for i in range(len(documents))]
     router.fit(Corpus(ids=ids, texts=list(documents), hashes=ids))
     hits = [router.search(question, 1) for question, _ in questions]
     routed = [adapters[int(h[0].id)] if h else None for h in hits]
-    base_answers, adapter_answers, routed_answers = [], [], []
+    base_answers, routed_answers = [], []
+    forced_answers: dict[str, list[str]] = {mode: [] for mode in forced}
     for start in tqdm(range(0, len(questions), batch_size), desc="general", disable=not progress):
         batch = [q for q, _ in questions[start : start + batch_size]]
         base_answers += [c.text for c in engine.generate_batch(batch, max_new_tokens=max_new_tokens)]
-        done = engine.generate_batch(batch, adapters=rows[start : start + batch_size], max_new_tokens=max_new_tokens)
-        adapter_answers += [c.text for c in done]
+        for mode, chosen in forced.items():
+            done = engine.generate_batch(
+                batch, adapters=chosen[start : start + batch_size], max_new_tokens=max_new_tokens
+            )
+            forced_answers[mode] += [c.text for c in done]
         chosen = routed[start : start + batch_size]
         done = base_answers[start : start + batch_size]  # rows the router gave no adapter
         if any(a is not None for a in chosen):
@@ -226,8 +273,10 @@ def evaluate_general(
         num_questions=len(questions), num_documents=len(documents), questions=[q for q, _ in questions]
     )
     report.attached = _mean(float(a is not None) for a in routed)
-    modes = (("no_context", base_answers), ("unrelated_adapter", adapter_answers), ("routed", routed_answers))
-    for mode, answers in modes:
+    adapter_answers = forced_answers["unrelated_adapter"]
+    modes = {"no_context": base_answers, "unrelated_adapter": adapter_answers, "routed": routed_answers}
+    modes.update({mode: answers for mode, answers in forced_answers.items() if mode != "unrelated_adapter"})
+    for mode, answers in modes.items():
         report.per_question[mode] = _answer_scores(answers, golds)
         report.scores[mode] = {metric: _mean(values) for metric, values in report.per_question[mode].items()}
     pairs = list(zip(adapter_answers, base_answers, strict=True))

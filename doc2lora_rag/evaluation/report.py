@@ -57,6 +57,11 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
             "",
             f"adapter / in-context: F1 {_fmt(ratios.get('f1'))}, answer-contains {_fmt(ratios.get('contains'))}.",
         ]
+        if refined := report.get("refined_ratios"):
+            lines.append(
+                f"refined_adapter / in-context: F1 {_fmt(refined.get('f1'))}, "
+                f"answer-contains {_fmt(refined.get('contains'))}."
+            )
         per_second = [
             f"{mode} {report['scores'][mode]['f1'] / seconds:.3g}"
             for mode, seconds in report["seconds_per_document"].items()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
-from doc2lora_rag.adapters.runtime import attached
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.training.data import QARecord
-from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.fitting import fit_lora
+from doc2lora_rag.training.objective import student_batch
 from doc2lora_rag.training.teacher import Teacher, TeacherCache
 
 
@@ -52,18 +52,7 @@ def context_distill(
             a.to(base.device).requires_grad_(),
             torch.zeros(layers, out_features, rank, device=base.device, requires_grad=True),
         )
-    optimizer = torch.optim.Adam([t for pair in factors.values() for t in pair], lr=lr)
-    paths = {
-        config.module_paths[name][layer]: (name, index)
-        for name in factors
-        for index, layer in enumerate(config.target_layers)
-    }
-    for _ in range(steps):
-        hooked = {path: (factors[n][0][i], factors[n][1][i]) for path, (n, i) in paths.items()}
-        with torch.enable_grad(), attached(base.model, hooked):
-            loss = distillation_loss(response_logits(base.model, batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    paths = {name: [config.module_paths[name][layer] for layer in config.target_layers] for name in factors}
+    fit_lora(base.model, paths, factors, batch, steps=steps, lr=lr)
     fitted = {n: (a.detach(), b.detach()) for n, (a, b) in factors.items()}
     return engine._adapter(fitted, 1, {"method": "context_distillation"}, bias_rank=0)

@@ -419,15 +419,22 @@ def cloze_records(documents: Sequence[str], count: int, seed: int = 0, max_answe
     records = []
     for _ in range(count):
         document, words = rng.choice(candidates)
-        cut = len(words) - rng.randint(1, min(max_answer_words, len(words) - 4))
-        answer = " ".join(words[cut:]).rstrip(".!?;:,\"'\u201d\u2019")
-        if not answer:
-            continue
-        start = " ".join(words[max(0, cut - 24) : cut])  # long sentences: their last 24 words
-        start = start if cut <= 24 else f"... {start}"
-        question = f'How does this sentence of the document end? "{start} ..."'
-        records.append(QARecord(document, question, answer, "cloze"))
+        cloze = sentence_cloze(words, rng.randint(1, min(max_answer_words, len(words) - 4)))
+        if cloze is not None:
+            records.append(QARecord(document, *cloze, "cloze"))
     return records
+
+
+def sentence_cloze(words: Sequence[str], answer_words: int) -> tuple[str, str] | None:
+    """The question that quotes a sentence (given as its words) up to its last
+    ``answer_words`` words, and those words as the answer; None when they are punctuation."""
+    cut = len(words) - answer_words
+    answer = " ".join(words[cut:]).rstrip(".!?;:,\"'\u201d\u2019")
+    if not answer:
+        return None
+    start = " ".join(words[max(0, cut - 24) : cut])  # long sentences: their last 24 words
+    start = start if cut <= 24 else f"... {start}"
+    return f'How does this sentence of the document end? "{start} ..."', answer
 
 
 # ---------------------------------------------------------------------------- unrelated questions

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from doc2lora_rag.base_model.fingerprint import model_fingerprint
 from doc2lora_rag.base_model.loading import BaseModel
@@ -60,6 +60,12 @@ class Target:
         logprobs = torch.full((len(tokens), top_k), float("-inf"))
         logprobs[:, 0] = 0.0
         return cls(ids, topk_ids, logprobs)
+
+    @classmethod
+    def for_answer(cls, tokenizer: PreTrainedTokenizerBase, answer: str, top_k: int = 1) -> Target:
+        """The gold target of a known answer string, closed by end of turn."""
+        tokens = tokenizer.encode(answer, add_special_tokens=False)
+        return cls.gold([*tokens, tokenizer.eos_token_id], top_k)
 
 
 class _BytesOnlyDisk(diskcache.Disk):

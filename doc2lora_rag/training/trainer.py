@@ -290,9 +290,7 @@ class Trainer:
 
     def target(self, record: QARecord, kind: str) -> Target | None:
         if kind == "gold":
-            tokens = self.base.tokenizer.encode(record.answer, add_special_tokens=False)
-            eos = self.base.tokenizer.eos_token_id
-            return Target.gold([*tokens, eos], self.config.teacher_top_k)
+            return Target.for_answer(self.base.tokenizer, record.answer, self.config.teacher_top_k)
         return self.teacher.get(record)
 
     def chunk_activations(self, record: QARecord, chunks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

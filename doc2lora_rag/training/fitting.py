@@ -1,0 +1,45 @@
+"""Fitting LoRA factors by gradient descent on a frozen model: the loop that context
+distillation and adapter refinement share."""
+
+from __future__ import annotations
+
+import torch
+
+from doc2lora_rag.adapters.runtime import attached
+from doc2lora_rag.training.objective import StudentBatch, distillation_loss, response_logits
+
+# module name -> (A [L, R, in], B [L, out, R]), stacked over the target layers
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def fit_lora(
+    model: torch.nn.Module,
+    paths: dict[str, list[str]],
+    trainable: Factors,
+    batch: StudentBatch,
+    *,
+    steps: int,
+    lr: float,
+    frozen: Factors | None = None,
+) -> list[float]:
+    """Adam on the ``trainable`` factors, in place, towards the targets of ``batch``.
+
+    ``paths[name][i]`` is the module that layer ``i`` of factor ``name`` attaches to;
+    ``frozen`` factors ride along, rank-concatenated, and stay as they are. Returns the loss
+    before each step."""
+    optimizer = torch.optim.Adam([t for pair in trainable.values() for t in pair], lr=lr)
+    frozen = frozen or {}
+    losses = []
+    for _ in range(steps):
+        hooked = {}
+        for name, (a, b) in trainable.items():
+            if name in frozen:
+                a, b = torch.cat([a, frozen[name][0]], dim=1), torch.cat([b, frozen[name][1]], dim=2)
+            hooked.update({path: (a[i], b[i]) for i, path in enumerate(paths[name])})
+        with torch.enable_grad(), attached(model, hooked):
+            loss = distillation_loss(response_logits(model, batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -1,0 +1,82 @@
+"""Refinement: a few gradient steps on a generated adapter, for documents worth more than
+one forward pass.
+
+The hypernetwork's adapter is the starting point; each chunk's rank block is then fitted so
+that the base model, with that block and the document-independent block attached, completes
+the chunk's own sentences (``sentence_cloze``: the start of a sentence is quoted, its last two
+words are the answer). No questions about the document are needed, so any text can be
+refined at ingest time. Blocks are fitted one chunk at a time, as ``Doc2LoRA.focus`` later
+attaches them, and the document-independent block stays as the hypernetwork wrote it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from doc2lora_rag.adapters.lora import LoRAAdapter
+from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.hypernetwork.chunking import split_sentences
+from doc2lora_rag.training.data import sentence_cloze
+from doc2lora_rag.training.fitting import fit_lora
+from doc2lora_rag.training.objective import student_batch
+from doc2lora_rag.training.teacher import Target
+
+REFINE_LR = 1e-3
+ANSWER_WORDS = 2
+
+
+def sentence_endings(text: str) -> list[tuple[str, str]]:
+    """One (question, answer) pair per sentence of at least five words: how does it end?"""
+    pairs = []
+    for sentence in split_sentences(text):
+        words = sentence.split()
+        if len(words) >= 5 and (cloze := sentence_cloze(words, ANSWER_WORDS)) is not None:
+            pairs.append(cloze)
+    return pairs
+
+
+def refine_adapter(
+    engine, adapter: LoRAAdapter, chunk_texts: list[str] | tuple[str, ...], *, steps: int, lr: float = REFINE_LR
+) -> LoRAAdapter:
+    """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
+    the sentences of ``chunk_texts[i]``; chunks without a sentence of five words stay as made."""
+    if steps < 0:
+        raise ValueError(f"refinement steps must be >= 0, not {steps}")
+    if len(chunk_texts) != adapter.num_chunks:
+        raise ValueError(f"got {len(chunk_texts)} chunk texts for an adapter of {adapter.num_chunks} chunks")
+    if steps == 0:
+        return adapter
+    base, tokenizer = engine.base, engine.tokenizer
+    size, bias_from = adapter.chunk_rank, adapter.rank - adapter.bias_rank
+    paths = {name: [adapter.module_paths[name][layer] for layer in adapter.layers] for name in adapter.factors}
+    fitted = {name: (a.detach().clone(), b.detach().clone()) for name, (a, b) in adapter.factors.items()}
+    frozen = {
+        name: (_copy(a[:, bias_from:], base.device), _copy(b[:, :, bias_from:], base.device))
+        for name, (a, b) in adapter.factors.items()
+    }
+    for chunk, text in enumerate(chunk_texts):
+        pairs = sentence_endings(text)
+        if not pairs:
+            continue
+        prompts = [question_prompt(tokenizer, question) for question, _ in pairs]
+        targets = [Target.for_answer(tokenizer, answer) for _, answer in pairs]
+        batch = student_batch(tokenizer, prompts, targets).to(base.device)
+        block = slice(chunk * size, (chunk + 1) * size)
+        trainable = {
+            name: (
+                _copy(a[:, block], base.device).requires_grad_(),
+                _copy(b[:, :, block], base.device).requires_grad_(),
+            )
+            for name, (a, b) in adapter.factors.items()
+        }
+        fit_lora(base.model, paths, trainable, batch, steps=steps, lr=lr, frozen=frozen)
+        for name, (a, b) in trainable.items():
+            kept_a, kept_b = fitted[name]
+            kept_a[:, block] = a.detach().to(kept_a.device, kept_a.dtype)
+            kept_b[:, :, block] = b.detach().to(kept_b.device, kept_b.dtype)
+    return adapter._replace(factors=fitted, metadata={**adapter.metadata, "refine_steps": steps})
+
+
+def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float32 copy that autograd may use: the hypernetwork writes inference-mode tensors."""
+    return tensor.to(device, torch.float32, copy=True)

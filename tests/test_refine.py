@@ -1,0 +1,98 @@
+"""Refinement: gradient steps on a generated adapter towards its own chunks' sentence endings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from doc2lora_rag import Doc2LoRA, Doc2LoRAIndex, IncompatibleModelError, LoRAAdapter
+from doc2lora_rag.adapters.runtime import adapters_attached
+from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
+from doc2lora_rag.training.refine import refine_adapter, sentence_endings
+from doc2lora_rag.training.teacher import Target
+from tests.conftest import make_tiny_engine
+
+TEXT = (
+    "The harbour of Veltrano was rebuilt in granite. Its lighthouse keeper was named Oriel Paske. "
+    "Ships.\n\nThe western pier holds seven iron cranes today."
+)
+
+
+def _ending_loss(engine: Doc2LoRA, adapter: LoRAAdapter, text: str) -> float:
+    """Cross-entropy of the sentence endings of ``text`` with ``adapter`` attached."""
+    pairs = sentence_endings(text)
+    prompts = [question_prompt(engine.tokenizer, q) for q, _ in pairs]
+    batch = student_batch(engine.tokenizer, prompts, [Target.for_answer(engine.tokenizer, a) for _, a in pairs])
+    with torch.no_grad(), adapters_attached(engine.model, adapter):
+        return distillation_loss(response_logits(engine.model, batch), batch).item()
+
+
+def test_sentence_endings_ask_for_the_last_two_words_of_each_long_sentence() -> None:
+    pairs = sentence_endings(TEXT)
+    assert [answer for _, answer in pairs] == ["in granite", "Oriel Paske", "cranes today"]
+    assert pairs[0][0] == 'How does this sentence of the document end? "The harbour of Veltrano was rebuilt ..."'
+    assert sentence_endings("Too short. Far too short.") == []
+
+
+def test_refinement_fits_each_chunk_to_its_own_sentences_and_keeps_the_shared_block() -> None:
+    engine = make_tiny_engine(source_layers="all")
+    made = engine.internalize(TEXT)
+    texts = engine._chunk_texts(TEXT, made.chunking)
+    assert made.num_chunks == len(texts) > 1
+    refined = engine.refine(made, TEXT, steps=30)
+    assert refined.num_chunks == made.num_chunks and refined.rank == made.rank
+    assert refined.metadata["refine_steps"] == 30
+    size, shared = made.chunk_rank, slice(made.rank - made.bias_rank, made.rank)
+    for name, (a, b) in made.factors.items():
+        ra, rb = refined.factors[name]
+        assert ra.dtype == a.dtype
+        assert torch.equal(ra[:, shared], a[:, shared]) and torch.equal(rb[:, :, shared], b[:, :, shared])
+    for chunk, text in enumerate(texts):
+        block = slice(chunk * size, (chunk + 1) * size)
+        moved = any(
+            not torch.equal(refined.factors[n][1][:, :, block], b[:, :, block]) for n, (_, b) in made.factors.items()
+        )
+        assert moved == bool(sentence_endings(text)), text
+        if sentence_endings(text):  # each chunk's own block, attached as focus attaches it, learnt its sentences
+            before = _ending_loss(engine, made.select_chunks([chunk]), text)
+            after = _ending_loss(engine, refined.select_chunks([chunk]), text)
+            assert after < before - 0.2, (chunk, before, after)
+
+
+def test_an_engine_with_refine_steps_refines_every_new_adapter_the_same_way() -> None:
+    plain = make_tiny_engine(source_layers="all")
+    refining = Doc2LoRA(plain.base, plain.hypernet, refine_steps=3)
+    made = refining.internalize_many([TEXT, "A second document about the old mill by the river."])
+    assert [ad.metadata.get("refine_steps") for ad in made] == [3, 3]
+    again = plain.refine(plain.internalize(TEXT), TEXT, steps=3)
+    for name, (a, b) in made[0].factors.items():
+        assert torch.allclose(a, again.factors[name][0]) and torch.allclose(b, again.factors[name][1])
+
+
+def test_bad_refinement_requests_are_refused() -> None:
+    engine = make_tiny_engine(source_layers="all")
+    made = engine.internalize(TEXT)
+    assert refine_adapter(engine, made, engine._chunk_texts(TEXT, made.chunking), steps=0) is made
+    with pytest.raises(ValueError, match=">= 0"):
+        engine.refine(made, TEXT, steps=-1)
+    with pytest.raises(ValueError, match="chunk texts"):
+        refine_adapter(engine, made, ["one text"], steps=2)
+    with pytest.raises(ValueError, match="refine_steps"):
+        Doc2LoRA(engine.base, engine.hypernet, refine_steps=-2)
+    other = make_tiny_engine(seed=1, source_layers="all")
+    with pytest.raises(IncompatibleModelError):
+        other.refine(made, TEXT)
+
+
+def test_an_index_on_a_refining_engine_stores_refined_adapters(tmp_path) -> None:
+    plain = make_tiny_engine(source_layers="all")
+    index = Doc2LoRAIndex.from_documents(
+        [TEXT], store=tmp_path / "store", engine=Doc2LoRA(plain.base, plain.hypernet, refine_steps=2), ids=["harbour"]
+    )
+    stored = index.store.load_adapter("harbour")
+    assert stored.metadata["refine_steps"] == 2 and stored.metadata["id"] == "harbour"
+    made = plain.refine(plain.internalize(TEXT), TEXT, steps=2)
+    for name, (a, b) in made.factors.items():
+        torch.testing.assert_close(stored.factors[name][0].float(), a.float(), rtol=2e-2, atol=1e-4)
+        torch.testing.assert_close(stored.factors[name][1].float(), b.float(), rtol=2e-2, atol=1e-4)
