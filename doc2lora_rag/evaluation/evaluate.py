@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.evaluation.likelihood import answer_nll
 from doc2lora_rag.evaluation.metrics import answer_contains, normalize_answer, token_f1
 from doc2lora_rag.router.base import Corpus
@@ -101,14 +102,30 @@ def evaluate_qa(
     made: dict[str, dict] = {}
     seconds: dict[str, float] = {}  # update time per document of each kind of adapter made
 
+    def build(kind: str, context: str) -> LoRAAdapter:
+        if kind == "adapter":
+            return engine.internalize(context)
+        if kind == "refined_adapter":
+            return engine.refine(made["adapter"][context], context, steps=refine_steps)
+        # oracle context distillation: fitted on the very questions it is tested on
+        from doc2lora_rag.training.context_distill import context_distill
+
+        questions = [records[i].question for i in by_context[context]]
+        return context_distill(engine, context, questions, steps=cd_steps)
+
     def make(kind: str) -> dict:
+        """One adapter of ``kind`` per distinct document, made once, timed per document."""
         if kind not in made:
-            if kind == "refined_adapter":
-                made[kind], total = _refined(engine, make("adapter"), refine_steps, progress)
-                total += seconds["adapter"] * len(by_context)  # the hypernetwork wrote them first
-            else:
-                made[kind], total = _adapters_for(engine, records, by_context, kind, cd_steps, progress)
-            seconds[kind] = total / max(1, len(by_context))
+            earlier = 0.0
+            if kind == "refined_adapter":  # refinement starts from the hypernetwork's adapters
+                make("adapter")
+                earlier = seconds["adapter"]
+            made[kind], total = {}, 0.0
+            for context in tqdm(by_context, desc=kind, disable=not progress):
+                started = time.perf_counter()
+                made[kind][context] = build(kind, context)
+                total += time.perf_counter() - started
+            seconds[kind] = earlier + total / max(1, len(by_context))
         return made[kind]
 
     for mode in modes:
@@ -149,31 +166,6 @@ def _answer_scores(answers: Sequence[str], golds: Sequence) -> dict[str, list[fl
     """Token F1 and answer-contains of every answer against its gold answer(s)."""
     pairs = list(zip(answers, golds, strict=True))
     return {"f1": [token_f1(a, g) for a, g in pairs], "contains": [answer_contains(a, g) for a, g in pairs]}
-
-
-def _adapters_for(engine, records, by_context, mode, cd_steps, progress) -> tuple[dict, float]:
-    """One adapter per distinct document, and the total time spent making them."""
-    from doc2lora_rag.training.context_distill import context_distill
-
-    adapters, total = {}, 0.0
-    for context, indices in tqdm(by_context.items(), desc=mode, disable=not progress):
-        started = time.perf_counter()
-        if mode == "adapter":
-            adapters[context] = engine.internalize(context)
-        else:  # oracle context distillation: fitted on the very questions it is tested on
-            adapters[context] = context_distill(engine, context, [records[i].question for i in indices], steps=cd_steps)
-        total += time.perf_counter() - started
-    return adapters, total
-
-
-def _refined(engine, adapters: dict, steps: int, progress: bool) -> tuple[dict, float]:
-    """Each document's adapter refined by ``steps`` steps, and the total time it took."""
-    refined, total = {}, 0.0
-    for context, adapter in tqdm(adapters.items(), desc="refined_adapter", disable=not progress):
-        started = time.perf_counter()
-        refined[context] = engine.refine(adapter, context, steps=steps)
-        total += time.perf_counter() - started
-    return refined, total
 
 
 def _answer_all(engine, records, mode, adapters, max_new_tokens, batch_size, progress) -> list[str]:
@@ -274,9 +266,9 @@ def evaluate_general(
     )
     report.attached = _mean(float(a is not None) for a in routed)
     adapter_answers = forced_answers["unrelated_adapter"]
+    # Forced modes after routed, but unrelated_adapter keeps its place before it.
     modes = {"no_context": base_answers, "unrelated_adapter": adapter_answers, "routed": routed_answers}
-    modes.update({mode: answers for mode, answers in forced_answers.items() if mode != "unrelated_adapter"})
-    for mode, answers in modes.items():
+    for mode, answers in {**modes, **forced_answers}.items():
         report.per_question[mode] = _answer_scores(answers, golds)
         report.scores[mode] = {metric: _mean(values) for metric, values in report.per_question[mode].items()}
     pairs = list(zip(adapter_answers, base_answers, strict=True))

@@ -74,7 +74,7 @@ def refine_adapter(
             kept_a, kept_b = fitted[name]
             kept_a[:, block] = a.detach().to(kept_a.device, kept_a.dtype)
             kept_b[:, :, block] = b.detach().to(kept_b.device, kept_b.dtype)
-    return adapter._replace(factors=fitted, metadata={**adapter.metadata, "refine_steps": steps})
+    return adapter._replace(factors=fitted).tagged(refine_steps=steps)
 
 
 def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
