@@ -9,7 +9,7 @@ from doc2lora_rag import Doc2LoRA, Doc2LoRAIndex, IncompatibleModelError, LoRAAd
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
-from doc2lora_rag.training.refine import refine_adapter, sentence_endings
+from doc2lora_rag.training.refine import refine_adapter, sentence_endings, sentence_windows
 from doc2lora_rag.training.teacher import Target
 from tests.conftest import make_tiny_engine
 
@@ -35,14 +35,27 @@ def test_sentence_endings_ask_for_the_last_two_words_of_each_long_sentence() -> 
     assert sentence_endings("Too short. Far too short.") == []
 
 
-def test_refinement_fits_each_chunk_to_its_own_sentences_and_keeps_the_shared_block() -> None:
+def test_sentence_windows_bound_each_step_and_take_every_sentence_in_turn() -> None:
+    assert sentence_windows(5, steps=10, per_step=8) == [[0, 1, 2, 3, 4]]
+    windows = sentence_windows(47, steps=10, per_step=8)
+    assert len(windows) == 10 and all(len(w) == 8 for w in windows)
+    assert set(i for w in windows[:6] for i in w) == set(range(47))  # ceil(47 / 8) steps cover all
+    assert windows[6][0] == 48 % 47
+    many = sentence_windows(3, steps=100, per_step=2)  # windows repeat: step i takes many[i % len(many)]
+    assert many == [[0, 1], [2, 0], [1, 2]]
+
+
+@pytest.mark.parametrize(("per_step", "steps"), [(8, 30), (1, 60)])
+def test_refinement_fits_each_chunk_to_its_own_sentences_and_keeps_the_shared_block(per_step: int, steps: int) -> None:
     engine = make_tiny_engine(source_layers="all")
     made = engine.internalize(TEXT)
     texts = engine._chunk_texts(TEXT, made.chunking)
     assert made.num_chunks == len(texts) > 1
-    refined = engine.refine(made, TEXT, steps=30)
+    if per_step == 1:  # one sentence a step, on chunks of three: each chunk is still fitted as a whole
+        texts = [TEXT if sentence_endings(t) else t for t in texts]
+    refined = refine_adapter(engine, made, texts, steps=steps, sentences_per_step=per_step)
     assert refined.num_chunks == made.num_chunks and refined.rank == made.rank
-    assert refined.metadata["refine_steps"] == 30
+    assert refined.metadata["refine_steps"] == steps
     size, shared = made.chunk_rank, slice(made.rank - made.bias_rank, made.rank)
     for name, (a, b) in made.factors.items():
         ra, rb = refined.factors[name]
@@ -78,6 +91,8 @@ def test_bad_refinement_requests_are_refused() -> None:
         engine.refine(made, TEXT, steps=-1)
     with pytest.raises(ValueError, match="chunk texts"):
         refine_adapter(engine, made, ["one text"], steps=2)
+    with pytest.raises(ValueError, match="sentences_per_step"):
+        refine_adapter(engine, made, engine._chunk_texts(TEXT, made.chunking), steps=2, sentences_per_step=0)
     with pytest.raises(ValueError, match="refine_steps"):
         Doc2LoRA(engine.base, engine.hypernet, refine_steps=-2)
     other = make_tiny_engine(seed=1, source_layers="all")

@@ -53,6 +53,6 @@ def context_distill(
             torch.zeros(layers, out_features, rank, device=base.device, requires_grad=True),
         )
     paths = {name: [config.module_paths[name][layer] for layer in config.target_layers] for name in factors}
-    fit_lora(base.model, paths, factors, batch, steps=steps, lr=lr)
+    fit_lora(base.model, paths, factors, [batch], steps=steps, lr=lr)
     fitted = {n: (a.detach(), b.detach()) for n, (a, b) in factors.items()}
     return engine._adapter(fitted, 1, {"method": "context_distillation"}, bias_rank=0)

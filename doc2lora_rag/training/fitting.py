@@ -3,6 +3,8 @@ distillation and adapter refinement share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from doc2lora_rag.adapters.runtime import attached
@@ -16,21 +18,25 @@ def fit_lora(
     model: torch.nn.Module,
     paths: dict[str, list[str]],
     trainable: Factors,
-    batch: StudentBatch,
+    batches: Sequence[StudentBatch],
     *,
     steps: int,
     lr: float,
     frozen: Factors | None = None,
 ) -> list[float]:
-    """Adam on the ``trainable`` factors, in place, towards the targets of ``batch``.
+    """Adam on the ``trainable`` factors, in place; step ``i`` fits the targets of
+    ``batches[i % len(batches)]``.
 
     ``paths[name][i]`` is the module that layer ``i`` of factor ``name`` attaches to;
     ``frozen`` factors ride along, rank-concatenated, and stay as they are. Returns the loss
     before each step."""
     optimizer = torch.optim.Adam([t for pair in trainable.values() for t in pair], lr=lr)
     frozen = frozen or {}
+    if not batches:
+        raise ValueError("fitting needs at least one batch")
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        batch = batches[step % len(batches)]
         hooked = {}
         for name, (a, b) in trainable.items():
             if name in frozen:

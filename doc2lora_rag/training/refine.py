@@ -7,6 +7,8 @@ the chunk's own sentences (``sentence_cloze``: the start of a sentence is quoted
 words are the answer). No questions about the document are needed, so any text can be
 refined at ingest time. Blocks are fitted one chunk at a time, as ``Doc2LoRA.focus`` later
 attaches them, and the document-independent block stays as the hypernetwork wrote it.
+A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so its cost does not
+grow with the chunk: a chunk of short sentences is covered over several steps.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from doc2lora_rag.training.teacher import Target
 
 REFINE_LR = 1e-3
 ANSWER_WORDS = 2
+SENTENCES_PER_STEP = 10
 
 
 def sentence_endings(text: str) -> list[tuple[str, str]]:
@@ -35,13 +38,31 @@ def sentence_endings(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def sentence_windows(count: int, steps: int, per_step: int) -> list[list[int]]:
+    """The sentences each step fits: ``per_step`` at a time, in turn, wrapping around; all
+    ``count`` of them at every step when they fit. Windows repeat, so at most ``count`` are
+    returned and step ``i`` takes window ``i % len(windows)``."""
+    if count <= per_step:
+        return [list(range(count))]
+    return [[(start * per_step + j) % count for j in range(per_step)] for start in range(min(steps, count))]
+
+
 def refine_adapter(
-    engine, adapter: LoRAAdapter, chunk_texts: list[str] | tuple[str, ...], *, steps: int, lr: float = REFINE_LR
+    engine,
+    adapter: LoRAAdapter,
+    chunk_texts: list[str] | tuple[str, ...],
+    *,
+    steps: int,
+    lr: float = REFINE_LR,
+    sentences_per_step: int = SENTENCES_PER_STEP,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
-    the sentences of ``chunk_texts[i]``; chunks without a sentence of five words stay as made."""
+    the sentences of ``chunk_texts[i]``, at most ``sentences_per_step`` per step; chunks
+    without a sentence of five words stay as made."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
+    if sentences_per_step < 1:
+        raise ValueError(f"sentences_per_step must be >= 1, not {sentences_per_step}")
     if len(chunk_texts) != adapter.num_chunks:
         raise ValueError(f"got {len(chunk_texts)} chunk texts for an adapter of {adapter.num_chunks} chunks")
     if steps == 0:
@@ -60,7 +81,10 @@ def refine_adapter(
             continue
         prompts = [question_prompt(tokenizer, question) for question, _ in pairs]
         targets = [Target.for_answer(tokenizer, answer) for _, answer in pairs]
-        batch = student_batch(tokenizer, prompts, targets).to(base.device)
+        batches = [
+            student_batch(tokenizer, [prompts[i] for i in window], [targets[i] for i in window]).to(base.device)
+            for window in sentence_windows(len(pairs), steps, sentences_per_step)
+        ]
         block = slice(chunk * size, (chunk + 1) * size)
         trainable = {
             name: (
@@ -69,7 +93,7 @@ def refine_adapter(
             )
             for name, (a, b) in adapter.factors.items()
         }
-        fit_lora(base.model, paths, trainable, batch, steps=steps, lr=lr, frozen=frozen)
+        fit_lora(base.model, paths, trainable, batches, steps=steps, lr=lr, frozen=frozen)
         for name, (a, b) in trainable.items():
             kept_a, kept_b = fitted[name]
             kept_a[:, block] = a.detach().to(kept_a.device, kept_a.dtype)
