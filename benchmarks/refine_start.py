@@ -24,8 +24,9 @@ from rich.table import Table
 
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.evaluation.compare import paired_half_width
-from doc2lora_rag.evaluation.evaluate import _answer_scores
+from doc2lora_rag.evaluation.evaluate import _answer_scores, _mean
 from doc2lora_rag.evaluation.likelihood import answer_nll
+from doc2lora_rag.training.fitting import fresh_lora
 from doc2lora_rag.training.refine import REFINE_LR, refine_adapter
 
 from eval_setup import add_eval_options, greedy_answers, load_eval
@@ -37,9 +38,9 @@ def fresh_start(adapter: LoRAAdapter, seed: int = 0) -> LoRAAdapter:
     read = adapter.rank - adapter.bias_rank
     factors = {}
     for name, (a, b) in adapter.factors.items():
-        fresh_a = torch.randn(a.shape[0], read, a.shape[2], generator=generator) / a.shape[2] ** 0.5
+        fresh_a, fresh_b = fresh_lora(a.shape[0], read, a.shape[2], b.shape[1], generator)
         a = torch.cat([fresh_a.to(a.device, a.dtype), a[:, read:]], dim=1)
-        b = torch.cat([torch.zeros_like(b[:, :, :read]), b[:, :, read:]], dim=2)
+        b = torch.cat([fresh_b.to(b.device, b.dtype), b[:, :, read:]], dim=2)
         factors[name] = (a, b)
     return adapter._replace(factors=factors, metadata={**adapter.metadata, "fresh_start": True})
 
@@ -61,14 +62,11 @@ def main() -> None:
     args = parser.parse_args()
     engine, sources = load_eval(args)
 
-    def chunk_texts(text: str, adapter: LoRAAdapter) -> list[str]:
-        return engine._chunk_texts(text, adapter.chunking)
-
     rows = {"adapter as made": lambda text, made: made}
     rows[f"refined, lr {REFINE_LR:g}"] = lambda text, made: engine.refine(made, text, steps=args.steps)
     for lr in (float(x) for x in args.fresh_lrs.split(",")):
         rows[f"fresh start refined, lr {lr:g}"] = lambda text, made, lr=lr: refine_adapter(
-            engine, fresh_start(made), chunk_texts(text, made), steps=args.steps, lr=lr
+            engine, fresh_start(made), engine._chunk_texts(text, made.chunking), steps=args.steps, lr=lr
         )
 
     results: dict[str, dict] = {}
@@ -95,11 +93,8 @@ def main() -> None:
         for column in ("F1", "contains", "gold NLL", "s / doc"):
             table.add_column(f"{name.split('-')[0]} {column}")
 
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
     def cell(values: list[float], reference: list[float]) -> str:
-        value, base = mean(values), mean(reference)
+        value, base = _mean(values), _mean(reference)
         ratio = f"{value / base:.2f}x" if base else "-"
         return f"{value:.3f} ({ratio}, {value - base:+.3f} ± {paired_half_width(reference, values):.3f})"
 

@@ -13,7 +13,7 @@ import torch
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.training.data import QARecord
-from doc2lora_rag.training.fitting import fit_lora
+from doc2lora_rag.training.fitting import fit_lora, fresh_lora
 from doc2lora_rag.training.objective import student_batch
 from doc2lora_rag.training.teacher import Teacher, TeacherCache
 
@@ -46,12 +46,8 @@ def context_distill(
     generator = torch.Generator().manual_seed(seed)
     factors = {}
     for name, (in_features, out_features) in config.target_modules.items():
-        layers = len(config.target_layers)
-        a = torch.randn(layers, rank, in_features, generator=generator) / in_features**0.5
-        factors[name] = (
-            a.to(base.device).requires_grad_(),
-            torch.zeros(layers, out_features, rank, device=base.device, requires_grad=True),
-        )
+        a, b = fresh_lora(len(config.target_layers), rank, in_features, out_features, generator)
+        factors[name] = (a.to(base.device).requires_grad_(), b.to(base.device).requires_grad_())
     paths = {name: [config.module_paths[name][layer] for layer in config.target_layers] for name in factors}
     fit_lora(base.model, paths, factors, [batch], steps=steps, lr=lr)
     fitted = {n: (a.detach(), b.detach()) for n, (a, b) in factors.items()}

@@ -14,6 +14,15 @@ from doc2lora_rag.training.objective import StudentBatch, distillation_loss, res
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def fresh_lora(
+    layers: int, rank: int, in_features: int, out_features: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new LoRA's start, stacked over ``layers``: A Gaussian of variance 1 / in_features, B
+    zero, so it adds nothing until it is fitted."""
+    a = torch.randn(layers, rank, in_features, generator=generator) / in_features**0.5
+    return a, torch.zeros(layers, out_features, rank)
+
+
 def fit_lora(
     model: torch.nn.Module,
     paths: dict[str, list[str]],
