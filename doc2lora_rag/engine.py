@@ -140,16 +140,24 @@ class Doc2LoRA:
             adapters = [self.refine(adapter, text) for adapter, text in zip(adapters, texts, strict=True)]
         return adapters
 
-    def refine(self, adapter: LoRAAdapter, text: str | bytes, *, steps: int | None = None) -> LoRAAdapter:
+    def refine(
+        self,
+        adapter: LoRAAdapter,
+        text: str | bytes,
+        *,
+        steps: int | None = None,
+        chunks: Sequence[int] | None = None,
+    ) -> LoRAAdapter:
         """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
         gradient steps per chunk on completing the chunk's own sentences: seconds per chunk on
-        a CPU instead of one forward pass (docs/engine.md, "Refinement")."""
+        a CPU instead of one forward pass (docs/engine.md, "Refinement"). ``chunks``: refine
+        only these; the adapter's ``metadata["refined_chunks"]`` lists those refined so far."""
         from doc2lora_rag.training.refine import refine_adapter
 
         self.check_adapters(adapter)
         steps = steps if steps is not None else self.refine_steps or 10
-        texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars), adapter.chunking)
-        return refine_adapter(self, adapter, texts, steps=steps)
+        texts = self._checked_chunk_texts(adapter, text)
+        return refine_adapter(self, adapter, texts, steps=steps, chunks=chunks)
 
     @torch.inference_mode()
     def _read(self, texts: list[str], metadata: list[dict]) -> list[LoRAAdapter]:
@@ -203,13 +211,21 @@ class Doc2LoRA:
         ``question`` best; unchanged when it has no more chunks than that, or when no chunk
         shares a term with the question. Summing many chunk adapters drowns what one chunk
         holds, while the right chunk's adapter alone answers (``benchmarks/composition.py``)."""
+        chosen = self.focus_chunks(adapter, text, question, max_chunks)
+        return adapter if chosen is None else adapter.select_chunks(chosen)
+
+    def focus_chunks(self, adapter: LoRAAdapter, text: str, question: str, max_chunks: int) -> list[int] | None:
+        """The chunks :meth:`focus` keeps, or None when it keeps the adapter whole."""
         if adapter.num_chunks <= max_chunks:
-            return adapter
+            return None
+        return best_chunks(question, self._checked_chunk_texts(adapter, text), max_chunks)
+
+    def _checked_chunk_texts(self, adapter: LoRAAdapter, text: str | bytes) -> tuple[str, ...]:
+        """The chunk texts of ``text`` as ``adapter`` was made from them, one per chunk."""
         texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars), adapter.chunking)
         if len(texts) != adapter.num_chunks:
             raise ValueError(f"the text splits into {len(texts)} chunks, the adapter has {adapter.num_chunks}")
-        chosen = best_chunks(question, texts, max_chunks)
-        return adapter if chosen is None else adapter.select_chunks(chosen)
+        return texts
 
     def _split_chunk_texts(self, text: str, chunking: str) -> tuple[str, ...]:
         return tuple(chunk_texts(self.tokenizer, text, self.config.chunk_size, chunking))

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -76,9 +77,7 @@ class StreamingAnswer:
     """Iterate for the answer's pieces; ``sources`` etc. are known before the first piece
     (routing happens first) and ``text`` holds what has been streamed so far."""
 
-    def __init__(
-        self, pieces: Iterator[str], sources: list[Source], adapter_ids: list[str], base_model_only: bool
-    ):
+    def __init__(self, pieces: Iterator[str], sources: list[Source], adapter_ids: list[str], base_model_only: bool):
         self._pieces = pieces
         self.sources = sources
         self.adapter_ids = adapter_ids
@@ -123,7 +122,9 @@ class Doc2LoRAIndex:
     ``threshold``: the router's minimum normalised score (None keeps the router's default);
     ``max_chunks``: a routed document with more chunks than this answers with the chunks that
     match the question best (None: always all of them); ``batch_size``: documents
-    internalised together while ingesting.
+    internalised together while ingesting. ``refine_on_query``: refine by that many gradient
+    steps each chunk a question is answered from that is not refined yet, and keep it refined
+    in the store (0, the default: never; see :meth:`refine`).
     """
 
     def __init__(
@@ -141,11 +142,13 @@ class Doc2LoRAIndex:
         max_chars: int | None = None,
         lock_timeout: float = 60.0,
         create: bool = True,
+        refine_on_query: int = 0,
     ):
         # Settings are checked before the store folder is made: a bad one leaves nothing behind.
         self.k = positive_int(k, "k")
         self.max_chunks = None if max_chunks is None else positive_int(max_chunks, "max_chunks")
         self.max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
+        self.refine_on_query = 0 if refine_on_query == 0 else positive_int(refine_on_query, "refine_on_query")
         self.max_chars = max_chars or (engine.max_chars if engine is not None else MAX_DOCUMENT_CHARS)
         if engine is not None:
             self._check_max_chars(engine)  # before the store is created
@@ -362,9 +365,7 @@ class Doc2LoRAIndex:
         """Routed documents with their text: what a retriever integration returns."""
         hits = self.route(question, k, filters, min_score=min_score)
         docs = self.store.catalog.get_many([h.id for h in hits])
-        return [
-            Retrieved(h.id, docs[h.id].text, docs[h.id].metadata, h.score) for h in hits if h.id in docs
-        ]
+        return [Retrieved(h.id, docs[h.id].text, docs[h.id].metadata, h.score) for h in hits if h.id in docs]
 
     def adapter(self, ids: Sequence[str], question: str | None = None) -> LoRAAdapter | None:
         """The rank-concatenated adapter of these documents (None for no documents); with
@@ -374,10 +375,72 @@ class Doc2LoRAIndex:
         return _combine([a if question is None else self._focused(a, doc, question) for doc, a in loaded])
 
     def _focused(self, adapter: LoRAAdapter, doc: StoredDocument, question: str) -> LoRAAdapter:
-        """The adapter, cut to its chunks that match ``question`` when it has too many."""
+        """The adapter, cut to its chunks that match ``question`` when it has too many, with
+        those chunks refined first under ``refine_on_query``."""
+        chosen, answering = self._answering_chunks(adapter, doc, question)
+        if self.refine_on_query:
+            adapter = self._refine_chunks(doc, adapter, answering, self.refine_on_query, best_effort=True)[0]
+        return adapter if chosen is None else adapter.select_chunks(chosen)
+
+    def _answering_chunks(
+        self, adapter: LoRAAdapter, doc: StoredDocument, question: str
+    ) -> tuple[list[int] | None, list[int]]:
+        """The chunks ``focus`` keeps for ``question`` (None: the whole adapter answers), and
+        those worth refining for it: not a long document's chunks when none matches."""
         if self.max_chunks is None or adapter.num_chunks <= self.max_chunks:
-            return adapter
-        return self.engine.focus(adapter, doc.text, question, self.max_chunks)
+            return None, list(range(adapter.num_chunks))
+        chosen = self.engine.focus_chunks(adapter, doc.text, question, self.max_chunks)
+        return chosen, chosen or []
+
+    # ---------------------------------------------------------------- refinement
+
+    def refine(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        steps: int = 10,
+        question: str | None = None,
+    ) -> list[str]:
+        """Refine stored adapters in place by ``steps`` gradient steps per chunk
+        (``Doc2LoRA.refine``: seconds per chunk, where ingest took one forward pass) and return
+        the ids whose adapter changed. Every document by default; with ``question``, only the
+        chunks a query would answer from. Chunks already refined are skipped, so an interrupted
+        run resumes; text, metadata and routing stay as they are."""
+        steps = positive_int(steps, "steps")
+        if question is not None and (not isinstance(question, str) or not question.strip()):
+            raise ValueError("question must be a non-empty string")
+        ids = self.ids() if ids is None else [ids] if isinstance(ids, str) else list(ids)
+        self.store.get(ids)  # an unknown id refines nothing
+        changed = []
+        for doc_id in ids:
+            try:
+                doc, adapter = self.store.load_document(doc_id)
+            except UnknownIdError:  # deleted since
+                continue
+            chunks = self._answering_chunks(adapter, doc, question)[1] if question else range(adapter.num_chunks)
+            if self._refine_chunks(doc, adapter, chunks, steps)[1]:
+                changed.append(doc_id)
+        return changed
+
+    def _refine_chunks(
+        self, doc: StoredDocument, adapter: LoRAAdapter, chunks: Iterable[int], steps: int, *, best_effort: bool = False
+    ) -> tuple[LoRAAdapter, bool]:
+        """``adapter`` with ``chunks`` refined where they are not yet, and whether the store took
+        it (not when the document was replaced or deleted meanwhile: the newer version wins).
+        ``best_effort``: a store busy with another writer is warned about, not raised, so that
+        a question still gets its answer."""
+        missing = sorted(set(chunks) - adapter.refined_chunks)
+        if not missing:
+            return adapter, False
+        refined = self.engine.refine(adapter, doc.text, steps=steps, chunks=missing)
+        try:
+            stored = self.store.replace_adapter(doc.id, refined, content_hash=doc.content_hash)
+        except StoreError as error:
+            if not best_effort:
+                raise
+            warnings.warn(f"the refined adapter of {doc.id!r} was not kept: {error}", stacklevel=2)
+            stored = None
+        return refined, stored is not None
 
     def _plan(
         self, question: str, k: int | None, filters: dict | None, min_score: float | None

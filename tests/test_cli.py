@@ -457,6 +457,28 @@ def test_rebuild_refuses_a_missing_source_itself_and_a_store_of_another_model(ti
     assert (_snapshot(old), _snapshot(other)) == before
 
 
+def test_refine_refines_stored_adapters_in_place_resumes_and_refuses_unknown_ids(tiny, corpus, tmp_path) -> None:
+    store = tmp_path / "store"
+    assert ingest(tiny, store, corpus / "ferry.txt", corpus / "lighthouse.md")[0].exit_code == 0
+    ferry, lighthouse = str(corpus / "ferry.txt"), str(corpus / "lighthouse.md")
+    before = _snapshot(store)
+    unknown = run("refine", ferry, "nowhere", "--store", store, "--steps", "1")
+    assert unknown.exit_code == 2 and "'nowhere'" in unknown.stderr and "Traceback" not in unknown.output
+    assert _snapshot(store) == before
+    one = run("refine", ferry, "--store", store, "--steps", "2", "--json")  # the store remembers its engine
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.stdout)["refined"] == [ferry]
+    with AdapterStore(store, create=False) as opened:
+        adapter = opened.load_adapter(ferry)
+        assert adapter.metadata["refine_steps"] == 2 and adapter.refined_chunks == set(range(adapter.num_chunks))
+        assert opened.load_adapter(lighthouse).refined_chunks == frozenset()
+    rest = run("refine", "--store", store, "--steps", "2", "--no-progress")
+    assert rest.exit_code == 0 and "refined 1 of 2 documents" in rest.stdout
+    assert json.loads(run("refine", "--store", store, "--json").stdout)["refined"] == []
+    asked = run("ask", "When does the ferry leave?", "--store", store, "--refine-steps", "2", "--max-new-tokens", "2")
+    assert asked.exit_code == 0, asked.output
+
+
 def test_a_damaged_catalog_row_is_one_line_and_rm_repairs_it(tiny, corpus, tmp_path) -> None:
     store = tmp_path / "store"
     assert ingest(tiny, store, corpus / "ferry.txt", corpus / "lighthouse.md")[0].exit_code == 0

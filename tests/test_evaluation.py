@@ -278,6 +278,26 @@ def test_niah_in_context_limit_zero_runs_no_needle_in_context(tiny_engine) -> No
     assert len(unlimited["per_needle"]["in_context"]) == 2
 
 
+def test_niah_with_refine_steps_scores_the_best_chunks_refined_as_the_index_answers(tiny_engine, monkeypatch) -> None:
+    from doc2lora_rag.evaluation.evaluate import evaluate_niah
+
+    refined_chunks = []
+    real = tiny_engine.refine
+
+    def refine(adapter, text, *, steps=None, chunks=None):
+        refined_chunks.append((adapter.num_chunks, chunks, steps))
+        return real(adapter, text, steps=steps, chunks=chunks)
+
+    monkeypatch.setattr(tiny_engine, "refine", refine)
+    row = evaluate_niah(tiny_engine, [160], count=2, max_chunks=1, refine_steps=1, progress=False)[160]
+    assert len(row["per_needle"]["focused_refined"]) == 2 and 0.0 <= row["focused_refined"] <= 1.0
+    # Only the chosen chunk of each many-chunk haystack is refined, never the whole document.
+    assert refined_chunks and all(n > 1 and chunks is not None and len(chunks) == 1 for n, chunks, _ in refined_chunks)
+    assert all(steps == 1 for *_, steps in refined_chunks)
+    plain = evaluate_niah(tiny_engine, [160], count=2, max_chunks=1, progress=False)[160]
+    assert "focused_refined" not in plain and "focused_refined" not in plain["per_needle"]
+
+
 def test_needle_only_report_gives_counts_and_no_question_scoring_notes(tmp_path: Path) -> None:
     from doc2lora_rag.evaluation.report import write_markdown
 
@@ -288,6 +308,12 @@ def test_needle_only_report_gives_counts_and_no_question_scoring_notes(tmp_path:
     assert "| 4096 | 0.00 (0/2) | 0.50 (1/2) | not run (past limit) |" in text
     assert "Token F1" not in text  # nothing on the page is a token F1
     assert "other keys" not in text
+    niah["4096"] |= {"focused_refined": 1.0}
+    niah["4096"]["per_needle"]["focused_refined"] = [True, True]
+    page = write_markdown({"hypernet": "h", "base_model": "b", "qa": {}, "niah": niah}, tmp_path / "f.md", command="c")
+    text = page.read_text()
+    assert "| haystack tokens | adapter | adapter, best chunks | best chunks, refined | in context |" in text
+    assert "| 4096 | 0.00 (0/2) | 0.50 (1/2) | 1.00 (2/2) | not run (past limit) |" in text
     results = {"hypernet": "h", "base_model": "b", "qa": {}, "niah": niah, "niah_distractors": 4}
     text = write_markdown(results, tmp_path / "d.md", command="c").read_text()
     assert "Each haystack also holds 4 needles of other keys with other numbers." in text

@@ -517,3 +517,96 @@ def test_a_max_chars_over_the_engines_is_refused_before_anything_is_stored(tmp_p
     with pytest.raises(ValueError, match="over the engine's limit"):
         lazy.add_documents(["The ferry leaves at noon."])
     assert len(lazy) == 0 and lazy.store.fingerprints is None
+
+
+ATLAS = [
+    "The harbour of Tesk shelters forty fishing boats and a ferry to the mainland. " * 2,
+    "The granary of Oulme stores barley, rye and oats through the long winter months. " * 2,
+    "The observatory of Pirra tracks comets with a bronze telescope built in 1890. " * 2,
+    "The vineyard of Calst presses its grapes by hand and ages the wine in oak casks. " * 2,
+]
+
+
+def counting_refine(monkeypatch, engine: Doc2LoRA) -> list[list[int]]:
+    """Record the chunks of every refinement the engine runs."""
+    calls: list[list[int]] = []
+    real = engine.refine
+
+    def refine(adapter, text, *, steps=None, chunks=None):
+        calls.append(list(chunks) if chunks is not None else list(range(adapter.num_chunks)))
+        return real(adapter, text, steps=steps, chunks=chunks)
+
+    monkeypatch.setattr(engine, "refine", refine)
+    return calls
+
+
+def test_refine_on_query_refines_the_answering_chunks_once_and_keeps_them(tmp_path, tiny_engine, monkeypatch):
+    question = "What does the bronze telescope of Pirra track?"
+    index = Doc2LoRAIndex.from_documents(
+        [{"text": " ".join(ATLAS), "id": "atlas"}, {"text": "Varn Island keeper logs tides.", "id": "light"}],
+        store=tmp_path / "s", engine=tiny_engine, max_chunks=1, refine_on_query=2, max_new_tokens=TOKENS,
+    )
+    calls = counting_refine(monkeypatch, tiny_engine)
+    generation = index.store.generation()
+    made = index.store.load_adapter("atlas")
+    answer = index.query(question, k=1)
+    assert [s.id for s in answer.sources] == ["atlas"]
+    (chunk,) = index._plan(question, 1, None, None)[0].metadata["chunks"]
+    stored = index.store.load_adapter("atlas")
+    assert calls == [[chunk]] and stored.refined_chunks == {chunk} and stored.metadata["refine_steps"] == 2
+    assert any(not torch.equal(stored.factors[n][1], b) for n, (_, b) in made.factors.items())
+    assert index.store.generation() == generation  # no refit of the router for a refined adapter
+    assert index.query(question, k=1).text == answer.text  # the refined chunk answers, and is not refined again
+    assert calls == [[chunk]]
+    index.query("Who logs tides on Varn Island?", k=1)  # a document of few chunks is refined whole
+    light = index.store.load_adapter("light")
+    assert light.num_chunks == 1 and calls[-1] == [0] and light.refined_chunks == {0}
+    with pytest.raises(ValueError, match="refine_on_query"):
+        Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, refine_on_query=-1)
+
+
+def test_a_busy_store_still_answers_a_refining_query_but_refine_itself_fails(tmp_path, tiny_engine, monkeypatch):
+    index = Doc2LoRAIndex.from_documents(
+        [{"text": ORCHARD, "id": "orchard"}, {"text": STATION, "id": "station"}], store=tmp_path / "s",
+        engine=tiny_engine, refine_on_query=1, max_new_tokens=TOKENS,
+    )
+
+    def busy(*args, **kwargs):
+        raise StoreError("the store is busy with another writer")
+
+    monkeypatch.setattr(index.store, "replace_adapter", busy)
+    with pytest.warns(UserWarning, match="was not kept: the store is busy"):
+        answer = index.query("What did the orchard in Lessay harvest?")
+    assert answer.sources[0].id == "orchard"
+    assert index.store.load_adapter("orchard").refined_chunks == frozenset()
+    with pytest.raises(StoreError, match="busy"):
+        index.refine("orchard", steps=1)
+    with pytest.raises(ValueError, match="question"):
+        index.refine("orchard", question=" ")
+
+
+def test_refine_refines_stored_adapters_in_place_and_resumes(tmp_path, tiny_engine, monkeypatch):
+    index = Doc2LoRAIndex.from_documents(
+        [{"text": " ".join(ATLAS), "id": "atlas", "metadata": {"v": 1}}, {"text": ORCHARD, "id": "orchard"}],
+        store=tmp_path / "s", engine=tiny_engine, max_chunks=1,
+    )
+    calls = counting_refine(monkeypatch, tiny_engine)
+    before = {d.id: d for d in index.get(["atlas", "orchard"])}
+    with pytest.raises(UnknownIdError):
+        index.refine(["atlas", "missing"], steps=2)
+    assert calls == []  # an unknown id refines nothing
+    assert index.refine("atlas", steps=2, question="Which grains does the granary of Oulme store?") == ["atlas"]
+    (chunk,) = calls[0]
+    assert "granary" in chunk_texts(tiny_engine.tokenizer, " ".join(ATLAS), 48)[chunk]
+    assert index.refine(steps=2) == ["atlas", "orchard"]  # the other chunks of atlas, then orchard whole
+    chunks = index.store.load_adapter("atlas").num_chunks
+    assert calls[1] == [c for c in range(chunks) if c != chunk]
+    assert calls[2] == list(range(index.store.load_adapter("orchard").num_chunks))
+    assert index.refine(steps=2) == [] and len(calls) == 3  # nothing left
+    after = {d.id: d for d in index.get(["atlas", "orchard"])}
+    for doc_id, doc in before.items():
+        assert (after[doc_id].text, after[doc_id].metadata) == (doc.text, doc.metadata)
+        assert after[doc_id].adapter_dir != doc.adapter_dir
+    assert index.store.load_adapter("atlas").refined_chunks == set(range(chunks))
+    with pytest.raises(ValueError, match="steps"):
+        index.refine(steps=0)

@@ -111,3 +111,43 @@ def test_an_index_on_a_refining_engine_stores_refined_adapters(tmp_path) -> None
     for name, (a, b) in made.factors.items():
         torch.testing.assert_close(stored.factors[name][0].float(), a.float(), rtol=2e-2, atol=1e-4)
         torch.testing.assert_close(stored.factors[name][1].float(), b.float(), rtol=2e-2, atol=1e-4)
+
+
+def _blocks_equal(one: LoRAAdapter, other: LoRAAdapter, chunk: int) -> bool:
+    block = slice(chunk * one.chunk_rank, (chunk + 1) * one.chunk_rank)
+    return all(
+        torch.equal(a[:, block], other.factors[n][0][:, block])
+        and torch.equal(b[:, :, block], other.factors[n][1][:, :, block])
+        for n, (a, b) in one.factors.items()
+    )
+
+
+def test_refining_some_chunks_leaves_the_rest_and_records_which_are_done() -> None:
+    engine = make_tiny_engine(source_layers="all")
+    made = engine.internalize(TEXT)
+    with_sentences = [c for c, t in enumerate(engine._chunk_texts(TEXT, made.chunking)) if sentence_endings(t)]
+    assert len(with_sentences) >= 2
+    first, second = with_sentences[:2]
+    once = engine.refine(made, TEXT, steps=3, chunks=[first])
+    assert once.refined_chunks == {first} and once.metadata["refined_chunks"] == [first]
+    assert not _blocks_equal(once, made, first)
+    assert all(_blocks_equal(once, made, c) for c in range(made.num_chunks) if c != first)
+    twice = engine.refine(once, TEXT, steps=3, chunks=[second])
+    assert twice.refined_chunks == {first, second}
+    assert _blocks_equal(twice, once, first) and not _blocks_equal(twice, once, second)
+    whole = engine.refine(made, TEXT, steps=3)  # the same steps, chunk by chunk, whatever was asked
+    assert _blocks_equal(whole, twice, first) and _blocks_equal(whole, twice, second)
+    assert whole.refined_chunks == set(range(made.num_chunks))
+    assert engine.refine(made, TEXT, steps=3, chunks=[]) is made
+    with pytest.raises(ValueError, match="chunks must lie in"):
+        engine.refine(made, TEXT, steps=3, chunks=[made.num_chunks])
+
+
+def test_refined_chunks_follow_a_selection_and_older_adapters_count_as_refined_whole() -> None:
+    engine = make_tiny_engine(source_layers="all")
+    made = engine.internalize(TEXT)
+    assert made.num_chunks >= 3 and made.refined_chunks == frozenset()
+    marked = made.tagged(refine_steps=2, refined_chunks=[1, 2])
+    assert marked.select_chunks([0, 2]).refined_chunks == {1}  # chunk 2 is now the second kept
+    assert marked.select_chunks([0]).refined_chunks == frozenset()
+    assert made.tagged(refine_steps=2).refined_chunks == set(range(made.num_chunks))

@@ -144,6 +144,36 @@ def test_replacing_a_document_swaps_its_adapter_and_removes_the_old_one(tmp_path
     assert len(store) == 1
 
 
+def test_replace_adapter_swaps_the_adapter_alone_unless_the_document_changed(tmp_path, tiny_engine, adapters):
+    store = bound_store(tmp_path / "s", tiny_engine)
+    first = store.put("a", DOCS[0], {"v": 1}, adapters[0])
+    store.load_adapter("a")  # now cached
+    generation = store.generation()
+    refined = adapters[0].tagged(refine_steps=1, refined_chunks=[0])
+    swapped = store.replace_adapter("a", refined, content_hash=first.content_hash)
+    assert swapped is not None and swapped.adapter_dir != first.adapter_dir
+    assert (swapped.text, swapped.metadata, swapped.added_at, swapped.updated_at) == (
+        first.text, first.metadata, first.added_at, first.updated_at
+    )
+    assert store.generation() == generation  # text and metadata as they were: routers keep their fit
+    assert not (store.adapters_dir / first.adapter_dir).exists()
+    assert store.load_adapter("a").refined_chunks == {0}  # not the cached old one
+    # The document changed (or went) since its hash was read: the newer version wins, nothing is written.
+    store.put("a", DOCS[1], {}, adapters[1])
+    dirs = sorted(p.name for p in store.adapters_dir.iterdir())
+    assert store.replace_adapter("a", refined, content_hash=first.content_hash) is None
+    assert store.replace_adapter("gone", refined, content_hash=first.content_hash) is None
+    assert sorted(p.name for p in store.adapters_dir.iterdir()) == dirs and not any(store.tmp_dir.iterdir())
+    assert_same_factors(store.load_adapter("a"), adapters[1].to(dtype=torch.bfloat16))
+    current = store.get("a")[0].content_hash
+    with pytest.raises(ValueError, match="chunks"):
+        store.replace_adapter("a", LoRAAdapter.concat([adapters[1], adapters[2]]), content_hash=current)
+    other = make_tiny_engine(seed=1, source_layers="all")
+    with pytest.raises(IncompatibleModelError):
+        store.replace_adapter("a", other.internalize(DOCS[1]), content_hash=current)
+    assert store.verify() == {} and sorted(p.name for p in store.adapters_dir.iterdir()) == dirs
+
+
 def test_metadata_update_keeps_the_adapter(tmp_path, tiny_engine, adapters):
     store = bound_store(tmp_path / "s", tiny_engine)
     before = store.put("a", DOCS[0], {"v": 1}, adapters[0])

@@ -70,6 +70,15 @@ class LoRAAdapter:
             raise ValueError(f"{chunk_ranks} chunk ranks do not split into {self.num_chunks} chunks")
         return chunk_ranks // self.num_chunks
 
+    @property
+    def refined_chunks(self) -> frozenset[int]:
+        """The chunks whose blocks were refined by gradient steps (``Doc2LoRA.refine``); an
+        adapter refined before the chunks were recorded was refined whole."""
+        done = self.metadata.get("refined_chunks")
+        if done is not None:
+            return frozenset(int(c) for c in done)
+        return frozenset(range(self.num_chunks)) if self.metadata.get("refine_steps") else frozenset()
+
     def select_chunks(self, chunks: Sequence[int]) -> LoRAAdapter:
         """The adapter of some of its chunks alone: their rank blocks plus the bias block."""
         size = self.chunk_rank
@@ -81,6 +90,9 @@ class LoRAAdapter:
         index = torch.tensor(keep, device=next(iter(self.factors.values()))[0].device)
         factors = {n: (a.index_select(1, index), b.index_select(2, index)) for n, (a, b) in self.factors.items()}
         metadata = {**self.metadata, "chunks": chunks}
+        if "refined_chunks" in self.metadata:  # renumbered as the kept chunks now are
+            done = set(self.metadata["refined_chunks"])
+            metadata["refined_chunks"] = [new for new, old in enumerate(chunks) if old in done]
         return self._replace(factors=factors, num_chunks=len(chunks), metadata=metadata)
 
     def delta(self, module: str, layer: int) -> torch.Tensor:

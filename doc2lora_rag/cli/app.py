@@ -25,4 +25,5 @@ from doc2lora_rag.cli import ingest as _ingest  # noqa: E402,F401
 from doc2lora_rag.cli import interpolate as _interpolate  # noqa: E402,F401
 from doc2lora_rag.cli import manage as _manage  # noqa: E402,F401
 from doc2lora_rag.cli import rebuild as _rebuild  # noqa: E402,F401
+from doc2lora_rag.cli import refine as _refine  # noqa: E402,F401
 from doc2lora_rag.cli import train as _train  # noqa: E402,F401

@@ -38,6 +38,10 @@ def ask(
         list[str] | None, typer.Option(help="metadata filter KEY=VALUE (VALUE as JSON if it parses), repeatable")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    refine_steps: Annotated[
+        int,
+        typer.Option(min=0, help="first refine the answering chunks by this many steps, kept in the store (0: no)"),
+    ] = 0,
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
     threads: ThreadsOption = None,
@@ -60,7 +64,13 @@ def ask(
             engine = spec.load(warn)
             try:
                 index = Doc2LoRAIndex(
-                    adapters, engine, router, k=k, max_chunks=max_chunks or None, max_new_tokens=max_new_tokens
+                    adapters,
+                    engine,
+                    router,
+                    k=k,
+                    max_chunks=max_chunks or None,
+                    max_new_tokens=max_new_tokens,
+                    refine_on_query=refine_steps,
                 )
             except ValueError as error:
                 raise CommandError(str(error)) from error

@@ -113,6 +113,7 @@ def evaluate(
             in_context_max_tokens=niah_in_context_max,
             max_chunks=niah_max_chunks or None,
             distractors=niah_distractors,
+            refine_steps=refine_steps if niah_max_chunks else 0,
         )
         results["niah_distractors"] = niah_distractors
         _print_niah(results["niah"])
@@ -206,12 +207,13 @@ def _print_general(report) -> None:
 
 
 def _print_niah(results: dict) -> None:
+    from doc2lora_rag.evaluation.report import NIAH_COLUMNS, niah_modes
+
     table = Table(title="needle in a haystack: answer-contains accuracy")
-    focused = any("focused" in row for row in results.values())
-    for column in ("haystack tokens", "adapter", *(["adapter, best chunks"] if focused else []), "in context"):
+    modes = niah_modes(results)
+    for column in ("haystack tokens", *(NIAH_COLUMNS[m] for m in modes), "in context"):
         table.add_column(column)
     for length, row in results.items():
         in_context = "past limit" if row["in_context"] is None else f"{row['in_context']:.2f}"
-        best = [f"{row['focused']:.2f}"] if focused else []
-        table.add_row(str(length), f"{row['adapter']:.2f}", *best, in_context)
+        table.add_row(str(length), *(f"{row[m]:.2f}" for m in modes), in_context)
     console.print(table)

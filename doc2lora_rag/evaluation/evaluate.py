@@ -305,6 +305,7 @@ def evaluate_niah(
     in_context_max_tokens: int | None = None,
     max_chunks: int | None = None,
     distractors: int = 0,
+    refine_steps: int = 0,
     progress: bool = True,
 ) -> dict[int, dict]:
     """Needle retrieval accuracy by haystack length, from the adapter and (where the document
@@ -312,32 +313,49 @@ def evaluate_niah(
     With ``max_chunks``, also from the adapter cut down to the chunks that match the question
     best (``focused``), as the index answers from a long document. ``per_needle`` keeps each
     needle's hit per mode, for paired comparisons. ``distractors``: other keys' needles in
-    each haystack (see ``needle_records``)."""
+    each haystack (see ``needle_records``). ``refine_steps`` (with ``max_chunks``): also from
+    those chunks refined by that many steps first (``focused_refined``), as an index with
+    ``refine_on_query`` answers."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = window if in_context_max_tokens is None else min(window, in_context_max_tokens)  # 0: never
     results: dict[int, dict] = {}
     for length in lengths:
         records = niah_records(engine, count, length, seed=seed, distractors=distractors)
-        adapter_hits, context_hits, focused_hits = [], [], []
+        adapter_hits, context_hits, focused_hits, refined_hits = [], [], [], []
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
             adapter = engine.internalize(record.context)
             adapter_hits.append(
                 answer_contains(engine.generate(record.question, adapters=[adapter], max_new_tokens=16), record.answer)
             )
             if max_chunks is not None:
-                focused = engine.focus(adapter, record.context, record.question, max_chunks)
+                chosen = engine.focus_chunks(adapter, record.context, record.question, max_chunks)
+                focused = adapter if chosen is None else adapter.select_chunks(chosen)
                 answer = engine.generate(record.question, adapters=[focused], max_new_tokens=16)
                 focused_hits.append(answer_contains(answer, record.answer))
+                if refine_steps:  # no chunk matching: the whole adapter answers, unrefined (as the index does)
+                    refined = focused
+                    if chosen is not None or adapter.num_chunks <= max_chunks:
+                        refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=chosen)
+                        refined = refined if chosen is None else refined.select_chunks(chosen)
+                    answer = engine.generate(record.question, adapters=[refined], max_new_tokens=16)
+                    refined_hits.append(answer_contains(answer, record.answer))
             if length + 64 <= limit:
                 answer = engine.generate(record.question, context=record.context, max_new_tokens=16)
                 context_hits.append(answer_contains(answer, record.answer))
-        per_needle = {"adapter": adapter_hits, "focused": focused_hits, "in_context": context_hits}
+        per_needle = {
+            "adapter": adapter_hits,
+            "focused": focused_hits,
+            "focused_refined": refined_hits,
+            "in_context": context_hits,
+        }
         results[length] = {
             "adapter": _mean(adapter_hits),
             "in_context": _mean(context_hits) if context_hits else None,
         }
         if max_chunks is not None:
             results[length]["focused"] = _mean(focused_hits)
+        if refined_hits:
+            results[length]["focused_refined"] = _mean(refined_hits)
         results[length]["per_needle"] = {mode: hits for mode, hits in per_needle.items() if hits}
     return results
 

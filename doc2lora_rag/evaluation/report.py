@@ -92,25 +92,34 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
     return path
 
 
+NIAH_COLUMNS = {"adapter": "adapter", "focused": "adapter, best chunks", "focused_refined": "best chunks, refined"}
+
+
+def niah_modes(niah: dict) -> list[str]:
+    """The adapter modes a needle run scored, in column order (in context comes last)."""
+    return [mode for mode in NIAH_COLUMNS if any(mode in row for row in niah.values())]
+
+
 def _niah_table(niah: dict, distractors: int = 0) -> list[str]:
-    focused = any("focused" in row for row in niah.values())
+    modes = niah_modes(niah)
     lines = ["## Needle in a haystack (answer-contains)", ""]
     if distractors:
         lines += [f"Each haystack also holds {distractors} needles of other keys with other numbers.", ""]
-    if focused:
+    if "focused" in modes:
         lines += [
             "adapter: the sum of all chunk adapters. adapter, best chunks: the chunks that match the",
             "question best (BM25 over the chunks' text), as `Doc2LoRAIndex` answers from a long document.",
-            "",
-            "| haystack tokens | adapter | adapter, best chunks | in context |",
-            "|---|---|---|---|",
         ]
-    else:
-        lines += ["| haystack tokens | adapter | in context |", "|---|---|---|"]
+    if "focused_refined" in modes:
+        lines += ["best chunks, refined: those chunks refined first, as `refine_on_query` does."]
+    if "focused" in modes:
+        lines += [""]
+    header = ["haystack tokens", *(NIAH_COLUMNS[m] for m in modes), "in context"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for length, row in niah.items():
         in_context = "not run (past limit)" if row["in_context"] is None else _niah_cell(row, "in_context")
-        best = f" {_niah_cell(row, 'focused')} |" if focused else ""
-        lines.append(f"| {length} | {_niah_cell(row, 'adapter')} |{best} {in_context} |")
+        cells = [_niah_cell(row, m) for m in modes]
+        lines.append("| " + " | ".join([str(length), *cells, in_context]) + " |")
     return lines
 
 
@@ -189,9 +198,8 @@ def _plot_qa(qa: dict, out: Path) -> None:
 def _plot_niah(niah: dict, out: Path) -> None:
     lengths = [int(k) for k in niah]
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(lengths, [niah[k]["adapter"] for k in niah], marker="o", label="adapter")
-    if all("focused" in row for row in niah.values()):
-        axis.plot(lengths, [niah[k]["focused"] for k in niah], marker="^", label="adapter, best chunks")
+    for mode, marker in zip(niah_modes(niah), "o^v", strict=False):
+        axis.plot(lengths, [niah[k].get(mode) for k in niah], marker=marker, label=NIAH_COLUMNS[mode])
     points = [(int(k), v["in_context"]) for k, v in niah.items() if v["in_context"] is not None]
     if points:
         axis.plot(*zip(*points, strict=True), marker="s", label="in context")

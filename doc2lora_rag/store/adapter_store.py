@@ -15,10 +15,11 @@ document, never half of one; what it leaves on disk is unreferenced and cleaned 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,7 @@ class AdapterStore:
             if not create:
                 raise StoreError(f"no store at {self.path} (it has no {CATALOG_FILE})")
             if self.path.is_file() or (self.path.is_dir() and any(self.path.iterdir())):
-                raise StoreError(
-                    f"{self.path} exists and is not a store; give an empty or new directory"
-                )
+                raise StoreError(f"{self.path} exists and is not a store; give an empty or new directory")
         self.adapters_dir = self.path / "adapters"
         self.tmp_dir = self.path / "tmp"
         for directory in (self.path, self.adapters_dir, self.tmp_dir):
@@ -253,45 +252,80 @@ class AdapterStore:
         """Insert or replace one document and its adapter atomically."""
         with self.writing():
             self._check_adapter(adapter)  # under the lock: another writer may bind the store meanwhile
-            name = uuid.uuid4().hex
-            staged = self.tmp_dir / name
-            try:
-                adapter.to("cpu", STORAGE_DTYPE).save_pretrained(staged)
-                fsync_tree(staged)
-                files = tree_sha256(staged)
-                nbytes = sum((staged / f).stat().st_size for f in files)
-                publish_directory(staged, self.adapters_dir / name)
-            except BaseException:
-                remove_tree(staged)
-                raise
             previous = self.catalog.get(doc_id)
             now = time.time()
-            doc = StoredDocument(
-                id=doc_id,
-                content_hash=content_hash or hash_text(text),
-                text=text,
-                metadata=dict(metadata),
-                adapter_dir=name,
-                files=files,
-                rank=adapter.rank,
-                num_chunks=adapter.num_chunks,
-                nbytes=nbytes,
-                added_at=previous.added_at if previous else now,
-                updated_at=now,
-            )
-            try:
-                with self.catalog.transaction():
-                    self.catalog.put(doc)
-            except BaseException:
-                # A Ctrl-C just after COMMIT arrives here with the row already committed: its
-                # adapter must stay. Anything left unreferenced is cleaned by recover().
-                if not self._references(doc_id, name):
-                    remove_tree(self.adapters_dir / name)
-                raise
-            self.cache.discard(doc_id)
-            if previous is not None:
-                remove_tree(self.adapters_dir / previous.adapter_dir)
-            return doc
+
+            def row(adapter_dir: str, files: dict[str, str], nbytes: int) -> StoredDocument:
+                return StoredDocument(
+                    id=doc_id,
+                    content_hash=content_hash or hash_text(text),
+                    text=text,
+                    metadata=dict(metadata),
+                    adapter_dir=adapter_dir,
+                    files=files,
+                    rank=adapter.rank,
+                    num_chunks=adapter.num_chunks,
+                    nbytes=nbytes,
+                    added_at=previous.added_at if previous else now,
+                    updated_at=now,
+                )
+
+            return self._commit(doc_id, previous, adapter, row, bump=True)
+
+    def replace_adapter(self, doc_id: str, adapter: LoRAAdapter, *, content_hash: str) -> StoredDocument | None:
+        """Swap in another adapter of the same text (a refined one), keeping text and metadata,
+        so routers need no refit. Writes nothing and returns None when the document was deleted
+        or its text changed since ``content_hash`` was read: the newer version wins."""
+        with self.writing():
+            self._check_adapter(adapter)
+            previous = self.catalog.get(doc_id)
+            if previous is None or previous.content_hash != content_hash:
+                return None
+            if adapter.num_chunks != previous.num_chunks:
+                raise ValueError(f"adapter has {adapter.num_chunks} chunks, document {doc_id!r} {previous.num_chunks}")
+
+            def row(adapter_dir: str, files: dict[str, str], nbytes: int) -> StoredDocument:
+                return dataclasses.replace(
+                    previous, adapter_dir=adapter_dir, files=files, rank=adapter.rank, nbytes=nbytes
+                )
+
+            return self._commit(doc_id, previous, adapter, row, bump=False)
+
+    def _commit(
+        self,
+        doc_id: str,
+        previous: StoredDocument | None,
+        adapter: LoRAAdapter,
+        row: Callable[[str, dict[str, str], int], StoredDocument],
+        *,
+        bump: bool,
+    ) -> StoredDocument:
+        """Stage the adapter, publish it, then commit ``row`` for it (under the writer lock)."""
+        name = uuid.uuid4().hex
+        staged = self.tmp_dir / name
+        try:
+            adapter.to("cpu", STORAGE_DTYPE).save_pretrained(staged)
+            fsync_tree(staged)
+            files = tree_sha256(staged)
+            nbytes = sum((staged / f).stat().st_size for f in files)
+            publish_directory(staged, self.adapters_dir / name)
+        except BaseException:
+            remove_tree(staged)
+            raise
+        doc = row(name, files, nbytes)
+        try:
+            with self.catalog.transaction(bump=bump):
+                self.catalog.put(doc)
+        except BaseException:
+            # A Ctrl-C just after COMMIT arrives here with the row already committed: its
+            # adapter must stay. Anything left unreferenced is cleaned by recover().
+            if not self._references(doc_id, name):
+                remove_tree(self.adapters_dir / name)
+            raise
+        self.cache.discard(doc_id)
+        if previous is not None:
+            remove_tree(self.adapters_dir / previous.adapter_dir)
+        return doc
 
     def set_metadata(self, doc_id: str, metadata: dict[str, Any]) -> None:
         """Replace a document's metadata; its adapter does not depend on it."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from doc2lora_rag.adapters.runtime import attached
+from doc2lora_rag.base_model.locking import model_lock
 from doc2lora_rag.training.objective import StudentBatch, distillation_loss, response_logits
 
 # module name -> (A [L, R, in], B [L, out, R]), stacked over the target layers
@@ -51,7 +52,8 @@ def fit_lora(
             if name in frozen:
                 a, b = torch.cat([a, frozen[name][0]], dim=1), torch.cat([b, frozen[name][1]], dim=2)
             hooked.update({path: (a[i], b[i]) for i, path in enumerate(paths[name])})
-        with torch.enable_grad(), attached(model, hooked):
+        # Under the model's lock: a query in another thread must not run with these hooks.
+        with model_lock(model), torch.enable_grad(), attached(model, hooked):
             loss = distillation_loss(response_logits(model, batch), batch)
         optimizer.zero_grad()
         loss.backward()

@@ -8,10 +8,14 @@ words are the answer). No questions about the document are needed, so any text c
 refined at ingest time. Blocks are fitted one chunk at a time, as ``Doc2LoRA.focus`` later
 attaches them, and the document-independent block stays as the hypernetwork wrote it.
 A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so its cost does not
-grow with the chunk: a chunk of short sentences is covered over several steps.
+grow with the chunk: a chunk of short sentences is covered over several steps. Some chunks
+may be refined and the rest later (the index refines the chunks its questions land on); the
+adapter records which are done (``LoRAAdapter.refined_chunks``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -55,17 +59,21 @@ def refine_adapter(
     steps: int,
     lr: float = REFINE_LR,
     sentences_per_step: int = SENTENCES_PER_STEP,
+    chunks: Sequence[int] | None = None,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
     the sentences of ``chunk_texts[i]``, at most ``sentences_per_step`` per step; chunks
-    without a sentence of five words stay as made."""
+    without a sentence of five words stay as made. ``chunks``: only these (default: all)."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
     if sentences_per_step < 1:
         raise ValueError(f"sentences_per_step must be >= 1, not {sentences_per_step}")
     if len(chunk_texts) != adapter.num_chunks:
         raise ValueError(f"got {len(chunk_texts)} chunk texts for an adapter of {adapter.num_chunks} chunks")
-    if steps == 0:
+    chosen = sorted(set(range(adapter.num_chunks) if chunks is None else chunks))
+    if chosen and (chosen[0] < 0 or chosen[-1] >= adapter.num_chunks):
+        raise ValueError(f"chunks must lie in 0..{adapter.num_chunks - 1}, not {list(chunks)}")
+    if steps == 0 or not chosen:
         return adapter
     base, tokenizer = engine.base, engine.tokenizer
     size, bias_from = adapter.chunk_rank, adapter.rank - adapter.bias_rank
@@ -75,8 +83,8 @@ def refine_adapter(
         name: (_copy(a[:, bias_from:], base.device), _copy(b[:, :, bias_from:], base.device))
         for name, (a, b) in adapter.factors.items()
     }
-    for chunk, text in enumerate(chunk_texts):
-        pairs = sentence_endings(text)
+    for chunk in chosen:
+        pairs = sentence_endings(chunk_texts[chunk])
         if not pairs:
             continue
         prompts = [question_prompt(tokenizer, question) for question, _ in pairs]
@@ -98,7 +106,8 @@ def refine_adapter(
             kept_a, kept_b = fitted[name]
             kept_a[:, block] = a.detach().to(kept_a.device, kept_a.dtype)
             kept_b[:, :, block] = b.detach().to(kept_b.device, kept_b.dtype)
-    return adapter._replace(factors=fitted).tagged(refine_steps=steps)
+    done = sorted(adapter.refined_chunks | set(chosen))
+    return adapter._replace(factors=fitted).tagged(refine_steps=steps, refined_chunks=done)
 
 
 def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
