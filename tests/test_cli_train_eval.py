@@ -49,7 +49,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     report, numbers = tmp_path / "results.md", tmp_path / "results.json"
     result = runner.invoke(app, [
         "eval", "--hypernet", str(checkpoint), "--base-model", str(tiny_model_dir), "--data", "synthetic:4",
-        "--limit", "4", "--niah", "64", "--niah-count", "1", "--max-new-tokens", "4",
+        "--limit", "4", "--niah", "64", "--niah-count", "1", "--niah-seed", "7", "--max-new-tokens", "4",
         "--markdown", str(report), "--json-out", str(numbers),
     ])
     assert result.exit_code == 0, result.output
@@ -57,7 +57,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     scores = data["qa"]["synthetic-heldout"]["scores"]
     assert set(scores) == {"no_context", "in_context", "adapter", "unrelated_adapter"}
     assert all(0.0 <= s["f1"] <= 1.0 and 0.0 <= s["contains"] <= 1.0 for s in scores.values())
-    assert set(data["niah"]) == {"64"}
+    assert set(data["niah"]) == {"64"} and data["niah_seed"] == 7
     assert set(data["niah"]["64"]) == {"adapter", "focused", "in_context", "per_needle"}
     general = data["general"]
     assert set(general["scores"]) == {"no_context", "unrelated_adapter", "routed"}

@@ -30,6 +30,9 @@ def evaluate(
     niah: Annotated[str, typer.Option(help="comma-separated haystack lengths in tokens; empty to skip")] = "",
     niah_count: Annotated[int, typer.Option(help="needles per haystack length")] = 10,
     niah_in_context_max: Annotated[int, typer.Option(help="longest haystack also run in context (0: none)")] = 8192,
+    niah_seed: Annotated[
+        int | None, typer.Option(help="draw other needles than the evaluation's, to check a finding afresh")
+    ] = None,
     niah_max_chunks: Annotated[
         int, typer.Option(help="also answer from the haystack's N best-matching chunks, as the index does (0: skip)")
     ] = 3,
@@ -61,7 +64,7 @@ def evaluate(
     import torch
 
     from doc2lora_rag.engine import Doc2LoRA
-    from doc2lora_rag.evaluation.evaluate import evaluate_general, evaluate_niah, evaluate_qa
+    from doc2lora_rag.evaluation.evaluate import NIAH_SEED, evaluate_general, evaluate_niah, evaluate_qa
 
     if threads:
         torch.set_num_threads(threads)
@@ -114,8 +117,10 @@ def evaluate(
             max_chunks=niah_max_chunks or None,
             distractors=niah_distractors,
             refine_steps=refine_steps if niah_max_chunks else 0,
+            seed=NIAH_SEED if niah_seed is None else niah_seed,
         )
         results["niah_distractors"] = niah_distractors
+        results["niah_seed"] = NIAH_SEED if niah_seed is None else niah_seed
         _print_niah(results["niah"])
     if markdown:
         from doc2lora_rag.evaluation.report import write_markdown
