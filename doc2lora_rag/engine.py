@@ -220,6 +220,17 @@ class Doc2LoRA:
             return None
         return best_chunks(question, self._checked_chunk_texts(adapter, text), max_chunks)
 
+    def answering_chunks(
+        self, adapter: LoRAAdapter, text: str, question: str, max_chunks: int | None
+    ) -> tuple[list[int] | None, list[int]]:
+        """The chunks ``question`` is answered from: those :meth:`focus` keeps (None: the whole
+        adapter, also when ``max_chunks`` is None), and those worth refining for it, which are
+        none of a long document's when no chunk matches."""
+        if max_chunks is None or adapter.num_chunks <= max_chunks:
+            return None, list(range(adapter.num_chunks))
+        chosen = self.focus_chunks(adapter, text, question, max_chunks)
+        return chosen, chosen or []
+
     def _checked_chunk_texts(self, adapter: LoRAAdapter, text: str | bytes) -> tuple[str, ...]:
         """The chunk texts of ``text`` as ``adapter`` was made from them, one per chunk."""
         texts = self._chunk_texts(validate_text(text, max_chars=self.max_chars), adapter.chunking)

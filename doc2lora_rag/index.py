@@ -377,20 +377,10 @@ class Doc2LoRAIndex:
     def _focused(self, adapter: LoRAAdapter, doc: StoredDocument, question: str) -> LoRAAdapter:
         """The adapter, cut to its chunks that match ``question`` when it has too many, with
         those chunks refined first under ``refine_on_query``."""
-        chosen, answering = self._answering_chunks(adapter, doc, question)
+        chosen, answering = self.engine.answering_chunks(adapter, doc.text, question, self.max_chunks)
         if self.refine_on_query:
             adapter = self._refine_chunks(doc, adapter, answering, self.refine_on_query, best_effort=True)[0]
         return adapter if chosen is None else adapter.select_chunks(chosen)
-
-    def _answering_chunks(
-        self, adapter: LoRAAdapter, doc: StoredDocument, question: str
-    ) -> tuple[list[int] | None, list[int]]:
-        """The chunks ``focus`` keeps for ``question`` (None: the whole adapter answers), and
-        those worth refining for it: not a long document's chunks when none matches."""
-        if self.max_chunks is None or adapter.num_chunks <= self.max_chunks:
-            return None, list(range(adapter.num_chunks))
-        chosen = self.engine.focus_chunks(adapter, doc.text, question, self.max_chunks)
-        return chosen, chosen or []
 
     # ---------------------------------------------------------------- refinement
 
@@ -417,7 +407,9 @@ class Doc2LoRAIndex:
                 doc, adapter = self.store.load_document(doc_id)
             except UnknownIdError:  # deleted since
                 continue
-            chunks = self._answering_chunks(adapter, doc, question)[1] if question else range(adapter.num_chunks)
+            chunks = range(adapter.num_chunks)
+            if question:
+                chunks = self.engine.answering_chunks(adapter, doc.text, question, self.max_chunks)[1]
             if self._refine_chunks(doc, adapter, chunks, steps)[1]:
                 changed.append(doc_id)
         return changed

@@ -328,14 +328,14 @@ def evaluate_niah(
                 answer_contains(engine.generate(record.question, adapters=[adapter], max_new_tokens=16), record.answer)
             )
             if max_chunks is not None:
-                chosen = engine.focus_chunks(adapter, record.context, record.question, max_chunks)
+                chosen, refinable = engine.answering_chunks(adapter, record.context, record.question, max_chunks)
                 focused = adapter if chosen is None else adapter.select_chunks(chosen)
                 answer = engine.generate(record.question, adapters=[focused], max_new_tokens=16)
                 focused_hits.append(answer_contains(answer, record.answer))
-                if refine_steps:  # no chunk matching: the whole adapter answers, unrefined (as the index does)
+                if refine_steps:  # the chunks the index would refine (none: it answers unrefined)
                     refined = focused
-                    if chosen is not None or adapter.num_chunks <= max_chunks:
-                        refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=chosen)
+                    if refinable:
+                        refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=refinable)
                         refined = refined if chosen is None else refined.select_chunks(chosen)
                     answer = engine.generate(record.question, adapters=[refined], max_new_tokens=16)
                     refined_hits.append(answer_contains(answer, record.answer))

@@ -105,15 +105,15 @@ def _niah_table(niah: dict, distractors: int = 0) -> list[str]:
     lines = ["## Needle in a haystack (answer-contains)", ""]
     if distractors:
         lines += [f"Each haystack also holds {distractors} needles of other keys with other numbers.", ""]
+    notes = []
     if "focused" in modes:
-        lines += [
+        notes += [
             "adapter: the sum of all chunk adapters. adapter, best chunks: the chunks that match the",
             "question best (BM25 over the chunks' text), as `Doc2LoRAIndex` answers from a long document.",
         ]
     if "focused_refined" in modes:
-        lines += ["best chunks, refined: those chunks refined first, as `refine_on_query` does."]
-    if "focused" in modes:
-        lines += [""]
+        notes += ["best chunks, refined: those chunks refined first, as `refine_on_query` does."]
+    lines += [*notes, ""] if notes else []
     header = ["haystack tokens", *(NIAH_COLUMNS[m] for m in modes), "in context"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for length, row in niah.items():
