@@ -1,7 +1,8 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--refine-steps N] [--seed N]
+        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--refine-steps N [--refine-question]]
+        [--seed N]
         [--json-out FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
@@ -27,9 +28,11 @@ at another depth among the same neighbours, as an overlapping chunk would read i
 misses are other needles' misses, the miss lies in the context, if the same, in the number.
 ``--refine-steps N`` also answers with the first network's adapters refined by N gradient
 steps on the haystack's own sentence endings (``Doc2LoRA.refine``), the needle's sentence
-among them. Misses are also counted apart for numbers with a digit twice in a row. ``--json-out`` keeps
-every needle's answer and kind. With several networks, each after the first is compared with
-it needle by needle: needles it answers exactly that the first misses (gained), the reverse
+among them; with ``--refine-question``, also refined for the question (the sentences that
+match it best fitted at every step, ``Doc2LoRA.refine(question=)``). Misses are also
+counted apart for numbers with a digit twice in a row. ``--json-out`` keeps every needle's
+answer and kind. With several networks, each after the first is compared with it needle by
+needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those, over all needles and apart for numbers with and
 without a doubled digit. ``--seed`` draws other needles than the evaluation's, to check a
 finding on needles it was not found on.
@@ -84,14 +87,17 @@ def turned(text: str) -> str:
 DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda n: not has_repeated_digit(n)}
 
 
-def reader_adapter(engine: Doc2LoRA, text: str, mode: str, refine_steps: int = 0):
+def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0):
     """What a reader answers with: nothing (in context), the haystack's adapter, the turned
-    haystack's, or the haystack's adapter refined."""
+    haystack's, or the haystack's adapter refined, for the question or not."""
     if mode == "context":
         return None
-    source = turned(text) if mode == "turned" else text
+    source = turned(record.context) if mode == "turned" else record.context
     adapter = engine.internalize(source)
-    return engine.refine(adapter, source, steps=refine_steps) if mode == "refined" else adapter
+    if mode in ("refined", "refined for the question"):
+        question = record.question if mode == "refined for the question" else None
+        return engine.refine(adapter, source, steps=refine_steps, question=question)
+    return adapter
 
 
 def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
@@ -118,10 +124,11 @@ def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
     groups = {"all": lambda n: True, **DIGIT_GROUPS}
     prefix = f"{names[0]} "
     for key, first in answers.items():
-        if not key.startswith(prefix):
+        setting = re.fullmatch(rf"{re.escape(prefix)}beams=(\d+) tokens=(\d+)", key)
+        if setting is None:  # another reader's, e.g. "<first>, refined 10 beams=1 tokens=480"
             continue
-        setting = key.removeprefix(prefix)
-        beams, tokens = (part.split("=")[1] for part in setting.split())
+        beams, tokens = setting.groups()
+        setting = f"beams={beams} tokens={tokens}"
         for name in names[1:]:
             pairs = list(zip(first, answers[f"{name} {setting}"], strict=True))
             for group, member in groups.items():
@@ -143,10 +150,15 @@ def main() -> None:
     parser.add_argument("--in-context", action="store_true", help="also answer with the haystack in the prompt")
     parser.add_argument("--turned", action="store_true", help="also read each haystack turned at its middle")
     parser.add_argument("--refine-steps", type=int, default=0, help="also answer with adapters refined this much")
+    parser.add_argument(
+        "--refine-question", action="store_true", help="with --refine-steps: also refine for the question"
+    )
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    if args.refine_question and not args.refine_steps:
+        parser.error("--refine-question needs --refine-steps")
     if args.threads:
         torch.set_num_threads(args.threads)
     engines = {}
@@ -169,13 +181,16 @@ def main() -> None:
     readers += [(name, first, "turned") for name in turned_reader]
     refined_reader = [f"{next(iter(engines))}, refined {args.refine_steps}"] if args.refine_steps else []
     readers += [(name, first, "refined") for name in refined_reader]
+    if args.refine_question:
+        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question")
+        readers.append((refined_reader[-1], first, "refined for the question"))
     for name, engine, mode in readers:
         in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
             for record in records:
-                adapter = reader_adapter(engine, record.context, mode, args.refine_steps)
+                adapter = reader_adapter(engine, record, mode, args.refine_steps)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
                 for beams in reader_widths:
                     if in_context:
@@ -195,6 +210,8 @@ def main() -> None:
     compared = list(engines) + turned_reader + refined_reader
     if len(compared) > 1:
         console.print(paired_table(answers, compared))
+    if args.refine_question:  # the question's sentences at every step, against all in turn
+        console.print(paired_table(answers, refined_reader))
     console.print(doubled_digit_table(answers))
     if args.json_out:
         args.json_out.write_text(json.dumps(answers, indent=1))

@@ -4,6 +4,9 @@ library does (at width 1 it gives the greedy answer)."""
 
 from __future__ import annotations
 
+import torch
+
+from doc2lora_rag.training.data import QARecord
 from tests.benchmark_loader import load_benchmark
 
 needle_errors = load_benchmark("needle_errors")
@@ -42,6 +45,24 @@ def test_the_paired_table_counts_needles_gained_and_lost_against_the_first_netwo
     assert rows[2][3:] == ["no doubled digit (3)", "1", "1", "1.000"]
 
 
+def test_the_paired_table_takes_a_reader_whose_name_starts_another_readers() -> None:
+    def needles(kinds: str) -> list[dict]:
+        return [{"number": "12", "answer": "", "kind": "exact" if k == "x" else "other"} for k in kinds]
+
+    answers = {
+        "shipped beams=1 tokens=480": needles("..."),
+        "shipped, refined 10 beams=1 tokens=480": needles("x.."),
+        "shipped, refined 10 for the question beams=1 tokens=480": needles("xxx"),
+    }
+    table = needle_errors.paired_table(answers, ["shipped, refined 10", "shipped, refined 10 for the question"])
+    rows = [[column._cells[i] for column in table.columns] for i in range(table.row_count)]
+    assert [row[3:6] for row in rows] == [
+        ["all (3)", "2", "0"],
+        ["doubled digit (0)", "0", "0"],
+        ["no doubled digit (3)", "2", "0"],
+    ]
+
+
 def test_a_turned_haystack_keeps_its_sentences_and_moves_the_needle() -> None:
     text = "One. Two! The secret number of the red fox is 42277. Four? Five."
     result = needle_errors.turned(text)
@@ -66,10 +87,15 @@ def test_misses_are_counted_apart_for_numbers_with_a_doubled_digit() -> None:
 
 def test_readers_answer_with_the_haystack_its_turned_copy_or_its_refined_adapter(tiny_engine) -> None:
     text = "One two three four five. The secret number of the red fox is 42277. Six seven eight nine ten."
-    assert needle_errors.reader_adapter(tiny_engine, text, "context") is None
-    made = needle_errors.reader_adapter(tiny_engine, text, "adapter")
+    record = QARecord(context=text, question="What is the secret number of the red fox?", answer="42277")
+    assert needle_errors.reader_adapter(tiny_engine, record, "context") is None
+    made = needle_errors.reader_adapter(tiny_engine, record, "adapter")
     assert made.factors.keys() == tiny_engine.internalize(text).factors.keys()
-    turned = needle_errors.reader_adapter(tiny_engine, text, "turned")
+    turned = needle_errors.reader_adapter(tiny_engine, record, "turned")
     assert turned.num_chunks == tiny_engine.internalize(needle_errors.turned(text)).num_chunks
-    refined = needle_errors.reader_adapter(tiny_engine, text, "refined", refine_steps=2)
+    refined = needle_errors.reader_adapter(tiny_engine, record, "refined", refine_steps=2)
     assert refined.metadata["refine_steps"] == 2 and "refine_steps" not in made.metadata
+    for_question = needle_errors.reader_adapter(tiny_engine, record, "refined for the question", refine_steps=2)
+    again = tiny_engine.refine(made, text, steps=2, question=record.question)
+    for name, (a, b) in for_question.factors.items():
+        assert torch.equal(a, again.factors[name][0]) and torch.equal(b, again.factors[name][1])

@@ -9,7 +9,12 @@ from doc2lora_rag import Doc2LoRA, Doc2LoRAIndex, IncompatibleModelError, LoRAAd
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
-from doc2lora_rag.training.refine import refine_adapter, sentence_endings, sentence_windows
+from doc2lora_rag.training.refine import (
+    question_sentences,
+    refine_adapter,
+    sentence_endings,
+    sentence_windows,
+)
 from doc2lora_rag.training.teacher import Target
 from tests.conftest import make_tiny_engine
 
@@ -43,6 +48,50 @@ def test_sentence_windows_bound_each_step_and_take_every_sentence_in_turn() -> N
     assert windows[6][0] == 48 % 47
     many = sentence_windows(3, steps=100, per_step=2)  # windows repeat: step i takes many[i % len(many)]
     assert many == [[0, 1], [2, 0], [1, 2]]
+
+
+def test_pinned_sentences_are_in_every_window_and_the_rest_take_turns() -> None:
+    windows = sentence_windows(47, steps=10, per_step=8, pinned=[30, 5])
+    assert len(windows) == 10 and all(w[:2] == [5, 30] and len(w) == 8 for w in windows)
+    rest = [i for w in windows for i in w[2:]]
+    assert 5 not in rest and 30 not in rest
+    assert set(rest[:45]) == set(range(47)) - {5, 30}  # the other 45 in turn, 6 a step
+    assert sentence_windows(5, steps=10, per_step=8, pinned=[3]) == [[3, 0, 1, 2, 4]]
+    assert sentence_windows(47, steps=10, per_step=8, pinned=[]) == sentence_windows(47, steps=10, per_step=8)
+    with pytest.raises(ValueError, match="no room"):
+        sentence_windows(47, steps=10, per_step=2, pinned=[0, 1])
+
+
+def test_the_sentences_a_question_matches_are_found_by_their_words() -> None:
+    pairs = sentence_endings(TEXT)  # granite harbour, lighthouse keeper, cranes on the pier
+    assert question_sentences("Who kept the lighthouse?", pairs, k=1) == [1]
+    assert question_sentences("How many cranes stand on the western pier?", pairs, k=1) == [2]
+    assert question_sentences("What colour is the sky?", pairs, k=1) == []  # no shared term
+    assert question_sentences(None, pairs, k=1) == []
+    assert question_sentences("Who kept the lighthouse?", pairs, k=3) == []  # all fit anyway
+
+
+def test_refining_for_a_question_fits_its_sentence_at_every_step(monkeypatch) -> None:
+    engine = make_tiny_engine(source_layers="all")
+    keeper = "The lighthouse keeper of Veltrano was named Oriel Paske."
+    text = " ".join(f"Field number {i} of the farm grows tall green barley." for i in range(12)) + " " + keeper
+    made = engine.internalize(text).select_chunks([0])  # one chunk's block, fitted to the whole text
+    question = "Who was the lighthouse keeper of Veltrano?"
+    assert question_sentences(question, sentence_endings(text), k=1) == [12]
+    fitted: list[list[str]] = []  # the answers of each step's batch, as fit_lora takes them
+
+    def recording_fit(model, paths, trainable, batches, *, steps, lr, frozen=None):
+        for step in range(steps):
+            batch = batches[step % len(batches)]
+            fitted.append(engine.tokenizer.batch_decode(batch.input_ids[:, -batch.response_mask.shape[1] :]))
+
+    monkeypatch.setattr("doc2lora_rag.training.refine.fit_lora", recording_fit)
+    refine_adapter(engine, made, [text], steps=3, sentences_per_step=4)  # in turn: sentences 0-11
+    assert not any("Oriel Paske" in answer for step in fitted for answer in step)
+    fitted.clear()
+    refined = refine_adapter(engine, made, [text], steps=3, sentences_per_step=4, question=question)
+    assert len(fitted) == 3 and all(sum("Oriel Paske" in answer for answer in step) == 1 for step in fitted)
+    assert all(len(step) == 4 for step in fitted) and refined.refined_chunks == {0}
 
 
 @pytest.mark.parametrize(("per_step", "steps"), [(8, 30), (1, 60)])

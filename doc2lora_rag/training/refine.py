@@ -10,7 +10,10 @@ attaches them, and the document-independent block stays as the hypernetwork wrot
 A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so its cost does not
 grow with the chunk: a chunk of short sentences is covered over several steps. Some chunks
 may be refined and the rest later (the index refines the chunks its questions land on); the
-adapter records which are done (``LoRAAdapter.refined_chunks``).
+adapter records which are done (``LoRAAdapter.refined_chunks``). Refined for a question, a
+chunk's ``QUESTION_SENTENCES`` sentences that match it best (BM25) are fitted at every step
+and the rest in turn beside them: a long chunk's one relevant sentence is otherwise seen in
+only a few of the steps.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.hypernetwork.chunking import split_sentences
+from doc2lora_rag.router.chunks import best_chunks
 from doc2lora_rag.training.data import sentence_cloze
 from doc2lora_rag.training.fitting import fit_lora
 from doc2lora_rag.training.objective import student_batch
@@ -30,6 +34,7 @@ from doc2lora_rag.training.teacher import Target
 REFINE_LR = 1e-3
 ANSWER_WORDS = 2
 SENTENCES_PER_STEP = 10
+QUESTION_SENTENCES = 2
 
 
 def sentence_endings(text: str) -> list[tuple[str, str]]:
@@ -42,13 +47,31 @@ def sentence_endings(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def sentence_windows(count: int, steps: int, per_step: int) -> list[list[int]]:
-    """The sentences each step fits: ``per_step`` at a time, in turn, wrapping around; all
-    ``count`` of them at every step when they fit. Windows repeat, so at most ``count`` are
-    returned and step ``i`` takes window ``i % len(windows)``."""
-    if count <= per_step:
-        return [list(range(count))]
-    return [[(start * per_step + j) % count for j in range(per_step)] for start in range(min(steps, count))]
+def sentence_windows(count: int, steps: int, per_step: int, pinned: Sequence[int] = ()) -> list[list[int]]:
+    """The sentences each step fits: the ``pinned`` ones at every step, the others
+    ``per_step`` minus those at a time, in turn, wrapping around; all ``count`` of them at
+    every step when they fit. Windows repeat, so at most ``count`` are returned and step ``i``
+    takes window ``i % len(windows)``."""
+    pinned = sorted(set(pinned))
+    rest = [i for i in range(count) if i not in pinned]
+    room = per_step - len(pinned)
+    if len(rest) <= room:
+        return [pinned + rest]
+    if room < 1:
+        raise ValueError(f"{len(pinned)} pinned sentences leave no room in steps of {per_step}")
+    return [
+        pinned + [rest[(start * room + j) % len(rest)] for j in range(room)] for start in range(min(steps, len(rest)))
+    ]
+
+
+def question_sentences(
+    question: str | None, pairs: Sequence[tuple[str, str]], k: int = QUESTION_SENTENCES
+) -> list[int]:
+    """The ``k`` sentences (as ``sentence_endings`` pairs) that match ``question`` best; none
+    without a question, or when no sentence shares a term with it."""
+    if not question or len(pairs) <= k:
+        return []
+    return best_chunks(question, [f"{quote} {ending}" for quote, ending in pairs], k) or []
 
 
 def refine_adapter(
@@ -60,10 +83,12 @@ def refine_adapter(
     lr: float = REFINE_LR,
     sentences_per_step: int = SENTENCES_PER_STEP,
     chunks: Sequence[int] | None = None,
+    question: str | None = None,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
     the sentences of ``chunk_texts[i]``, at most ``sentences_per_step`` per step; chunks
-    without a sentence of five words stay as made. ``chunks``: only these (default: all)."""
+    without a sentence of five words stay as made. ``chunks``: only these (default: all).
+    ``question``: fit the sentences that match it at every step."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
     if sentences_per_step < 1:
@@ -91,7 +116,9 @@ def refine_adapter(
         targets = [Target.for_answer(tokenizer, answer) for _, answer in pairs]
         batches = [
             student_batch(tokenizer, [prompts[i] for i in window], [targets[i] for i in window]).to(base.device)
-            for window in sentence_windows(len(pairs), steps, sentences_per_step)
+            for window in sentence_windows(
+                len(pairs), steps, sentences_per_step, question_sentences(question, pairs)[: sentences_per_step - 1]
+            )
         ]
         block = slice(chunk * size, (chunk + 1) * size)
         trainable = {
