@@ -20,7 +20,6 @@ from rich.table import Table
 from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import answer_contains
-from doc2lora_rag.router.chunks import best_chunks
 
 WAYS = ("all chunks summed", "all chunks summed, refined", "best chunk", "best chunk, refined")
 
@@ -31,7 +30,7 @@ def measure(engine: Doc2LoRA, tokens: int, count: int, steps: int, seed: int = N
     for record in niah_records(engine, count, tokens, seed=seed):
         made = engine.internalize(record.context)
         refined = engine.refine(made, record.context, steps=steps)
-        best = best_chunks(record.question, engine._checked_chunk_texts(made, record.context), 1) or [0]
+        best = engine.focus_chunks(made, record.context, record.question, 1) or [0]  # one chunk: [0]
         adapters = (made, refined, made.select_chunks(best), refined.select_chunks(best))
         for way, adapter in zip(WAYS, adapters, strict=True):
             answer = engine.generate(record.question, adapters=[adapter], max_new_tokens=16)

@@ -109,6 +109,7 @@ def evaluate(
         results["general"] = general.to_dict()
         _print_general(general)
     if lengths:
+        seed = NIAH_SEED if niah_seed is None else niah_seed
         results["niah"] = evaluate_niah(
             engine,
             lengths,
@@ -117,10 +118,10 @@ def evaluate(
             max_chunks=niah_max_chunks or None,
             distractors=niah_distractors,
             refine_steps=refine_steps if niah_max_chunks else 0,
-            seed=NIAH_SEED if niah_seed is None else niah_seed,
+            seed=seed,
         )
         results["niah_distractors"] = niah_distractors
-        results["niah_seed"] = NIAH_SEED if niah_seed is None else niah_seed
+        results["niah_seed"] = seed
         _print_niah(results["niah"])
     if markdown:
         from doc2lora_rag.evaluation.report import write_markdown
