@@ -2,26 +2,32 @@
 chunks summed or from its best-matching chunk alone, each as made and refined.
 
     python benchmarks/refined_sum.py [--tokens 1024] [--count 10] [--steps 10] [--seed N] [--threads 2]
+                                     [--json-out FILE]
 
 ``refine`` fits each chunk's block with only that block attached, as a question that lands on
 one chunk attaches it. A document of no more than ``max_chunks`` chunks is answered with all of
 them summed, a sum no refinement step saw. Each needle is answered four ways from the same
-adapters; the table gives answer-contains per way and each needle's hits (x: found).
+adapters; the first table gives answer-contains per way and each needle's hits (x: found), the
+second each way against the refined sum, needle by needle, with the two-sided sign test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
+from doc2lora_rag.evaluation.compare import sign_test_p
 from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import answer_contains
 
 WAYS = ("all chunks summed", "all chunks summed, refined", "best chunk", "best chunk, refined")
+BASELINE = WAYS[1]
 
 
 def measure(engine: Doc2LoRA, tokens: int, count: int, steps: int, seed: int = NIAH_SEED) -> dict[str, list[bool]]:
@@ -38,6 +44,18 @@ def measure(engine: Doc2LoRA, tokens: int, count: int, steps: int, seed: int = N
     return hits
 
 
+def against_refined_sum(hits: dict[str, list[bool]]) -> list[tuple[str, int, int, float]]:
+    """Each other way against the refined sum on the same needles: found by it and not by the
+    sum (gained), the reverse (lost), and the two-sided sign test's p-value."""
+    rows = []
+    for way, found in hits.items():
+        if way != BASELINE:
+            pairs = list(zip(found, hits[BASELINE], strict=True))
+            gained, lost = sum(h and not b for h, b in pairs), sum(b and not h for h, b in pairs)
+            rows.append((way, gained, lost, sign_test_p(gained, lost)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=1024)
@@ -45,6 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json-out", type=Path, help="also write each way's hits per needle here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,7 +75,15 @@ def main() -> None:
         table.add_row(
             way, f"{sum(found) / len(found):.2f} ({sum(found)}/{len(found)})", "".join(".x"[h] for h in found)
         )
-    Console().print(table)
+    paired = Table(title=f"against {BASELINE}, needle by needle")
+    for column in ("answered from", "gained", "lost", "sign test p"):
+        paired.add_column(column)
+    for way, gained, lost, p_value in against_refined_sum(hits):
+        paired.add_row(way, str(gained), str(lost), f"{p_value:.3f}")
+    Console().print(table, paired)
+    if args.json_out:
+        settings = {k: getattr(args, k) for k in ("tokens", "count", "steps", "seed")}
+        args.json_out.write_text(json.dumps({"settings": settings, "hits": hits}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
