@@ -7,10 +7,11 @@ haystacks, rebuilt with the engine's tokenizer) and, for each, checks whether th
 BM25 chooses (``Doc2LoRA.focus``, ``--niah-max-chunks`` in the eval) hold the needle's
 number. Set against the eval's own hits, that splits every miss into a routing miss (the
 needle's chunk was not chosen) and a reading miss (it was, and its adapter answered wrong);
-``cut`` counts the needles whose sentence a chunk boundary splits, which no single chunk
-holds whole, and how many of those were answered all the same (chunks are split as the
-eval split them). No model forward pass runs:
-only the tokenizer and BM25.
+``one chunk chosen`` counts the needles whose question shares terms with one chunk only (that
+chunk alone answers, whatever ``--max-chunks``); ``cut`` counts the needles whose sentence a
+chunk boundary splits, which no single chunk holds whole, and how many of those were answered
+all the same (chunks are split as the eval split them). No model forward pass runs: only the
+tokenizer and BM25.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
-from doc2lora_rag.evaluation.evaluate import niah_records
+from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.router.chunks import best_chunks
+from doc2lora_rag.training.data import QARecord
 
 
 def main() -> None:
@@ -37,24 +39,32 @@ def main() -> None:
     chunking = results.get("chunking", "tokens")  # evals before it was recorded cut every 512 tokens
     engine = Doc2LoRA.from_pretrained()
     table = Table(title="needles from the best chunks: routing against reading")
-    for column in ("haystack tokens", "needles", "cut (answered)", "needle chosen", "answered when chosen", "answered"):
+    columns = ("haystack tokens", "needles", "cut (answered)", "one chunk chosen", "needle chosen")
+    for column in (*columns, "answered when chosen", "answered"):
         table.add_column(column, justify="right")
     for length, row in niah.items():
         hits = row.get("per_needle", {}).get("focused")
         if not hits:
             raise SystemExit(f"{args.results} has no best-chunk answers at {length} tokens (--niah-max-chunks 0?)")
-        chosen, cut = [], []
-        for record in niah_records(engine, len(hits), int(length)):
+        chosen, cut, alone = [], [], 0
+        for record in haystacks(engine, results, int(length), len(hits)):
             texts = engine._chunk_texts(record.context, chunking)
             cut.append(not any(_needle_sentence(record.context, record.answer) in text for text in texts))
             picked = best_chunks(record.question, texts, args.max_chunks)
+            alone += picked is not None and len(picked) == 1
             chosen.append(any(record.answer in texts[i] for i in (picked or range(len(texts)))))
         found = sum(chosen)
         read = sum(hit for hit, in_chosen in zip(hits, chosen, strict=True) if in_chosen)
         answered_cut = sum(hit for hit, was_cut in zip(hits, cut, strict=True) if was_cut)
-        cells = [f"{sum(cut)} ({answered_cut:.0f})", str(found), f"{read:.0f} / {found}", f"{sum(hits):.0f}"]
-        table.add_row(length, str(len(hits)), *cells)
+        cells = [f"{sum(cut)} ({answered_cut:.0f})", str(alone), str(found), f"{read:.0f} / {found}"]
+        table.add_row(length, str(len(hits)), *cells, f"{sum(hits):.0f}")
     Console().print(table)
+
+
+def haystacks(engine: Doc2LoRA, results: dict, length: int, count: int) -> list[QARecord]:
+    """The eval's needles at ``length`` tokens, drawn with the seed it recorded (evals before
+    ``--niah-seed`` all drew the default)."""
+    return niah_records(engine, count, length, seed=results.get("niah_seed", NIAH_SEED))
 
 
 def _needle_sentence(context: str, answer: str) -> str:

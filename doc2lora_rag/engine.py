@@ -223,12 +223,18 @@ class Doc2LoRA:
         return best_chunks(question, self._checked_chunk_texts(adapter, text), max_chunks)
 
     def answering_chunks(
-        self, adapter: LoRAAdapter, text: str, question: str, max_chunks: int | None
+        self, adapter: LoRAAdapter, text: str, question: str, max_chunks: int | None, *, refining: bool = False
     ) -> tuple[list[int] | None, list[int]]:
         """The chunks ``question`` is answered from: those :meth:`focus` keeps (None: the whole
         adapter, also when ``max_chunks`` is None), and those worth refining for it, which are
-        none of a long document's when no chunk matches."""
-        if max_chunks is None or adapter.num_chunks <= max_chunks:
+        none when no chunk matches a document that is not answered whole. A document answered
+        whole answers from its best-matching chunk alone once its chunks are refined or are to
+        be (``refining``): each refined block is fitted alone, and their sum loses what each
+        holds (docs/engine.md, "Refinement")."""
+        whole = max_chunks is None or adapter.num_chunks <= max_chunks
+        if whole and adapter.num_chunks > 1 and (refining or adapter.refined_chunks):
+            max_chunks = 1
+        elif whole:
             return None, list(range(adapter.num_chunks))
         chosen = self.focus_chunks(adapter, text, question, max_chunks)
         return chosen, chosen or []

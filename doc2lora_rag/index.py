@@ -121,7 +121,8 @@ class Doc2LoRAIndex:
     ``"embedding"``, ``"all"`` or a :class:`Router`. ``k``: adapters per question;
     ``threshold``: the router's minimum normalised score (None keeps the router's default);
     ``max_chunks``: a routed document with more chunks than this answers with the chunks that
-    match the question best (None: always all of them); ``batch_size``: documents
+    match the question best (None: all of them), and one with refined chunks answers with
+    its best-matching chunk alone, since refined blocks do not sum; ``batch_size``: documents
     internalised together while ingesting. ``refine_on_query``: refine by that many gradient
     steps each chunk a question is answered from that is not refined yet, and keep it refined
     in the store (0, the default: never; see :meth:`refine`).
@@ -375,9 +376,12 @@ class Doc2LoRAIndex:
         return _combine([a if question is None else self._focused(a, doc, question) for doc, a in loaded])
 
     def _focused(self, adapter: LoRAAdapter, doc: StoredDocument, question: str) -> LoRAAdapter:
-        """The adapter, cut to its chunks that match ``question`` when it has too many, with
-        those chunks refined first under ``refine_on_query``."""
-        chosen, answering = self.engine.answering_chunks(adapter, doc.text, question, self.max_chunks)
+        """The adapter, cut to its chunks that match ``question`` when it has too many (or to the
+        best one when they are refined), with those chunks refined first under ``refine_on_query``."""
+        refining = bool(self.refine_on_query)
+        chosen, answering = self.engine.answering_chunks(
+            adapter, doc.text, question, self.max_chunks, refining=refining
+        )
         if self.refine_on_query:
             adapter = self._refine_chunks(doc, adapter, answering, self.refine_on_query, best_effort=True)[0]
         return adapter if chosen is None else adapter.select_chunks(chosen)
@@ -409,7 +413,7 @@ class Doc2LoRAIndex:
                 continue
             chunks = range(adapter.num_chunks)
             if question:
-                chunks = self.engine.answering_chunks(adapter, doc.text, question, self.max_chunks)[1]
+                chunks = self.engine.answering_chunks(adapter, doc.text, question, self.max_chunks, refining=True)[1]
             if self._refine_chunks(doc, adapter, chunks, steps)[1]:
                 changed.append(doc_id)
         return changed

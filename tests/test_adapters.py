@@ -274,9 +274,7 @@ def test_concat_refuses_mixed_base_models(short_adapter) -> None:
 
 def left_padded(engine: Doc2LoRA, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Left-padded batch with position ids that restart at each row's first real token."""
-    batch = engine.tokenizer(
-        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-    )
+    batch = engine.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return {**batch, "position_ids": positions}
 
@@ -413,6 +411,27 @@ def test_focus_answers_with_the_matching_chunk_of_a_long_document(tiny_engine, c
     assert tiny_engine.focus(adapter, text, "Quantum chromodynamics?", max_chunks=1) is adapter
     with pytest.raises(ValueError, match="splits into"):
         tiny_engine.focus(adapter, CHAPTERS[0], "What does the telescope track?", max_chunks=1)
+
+
+def test_a_refined_document_answered_whole_answers_from_its_best_chunk_alone(tiny_engine, chaptered) -> None:
+    text, adapter = chaptered
+    n = adapter.num_chunks
+    chunks = chunk_texts(tiny_engine.tokenizer, text, tiny_engine.config.chunk_size)
+    target = next(i for i, chunk in enumerate(chunks) if "telescope" in chunk)
+    question = "What does the bronze telescope track?"
+    everything = list(range(n))
+    assert tiny_engine.answering_chunks(adapter, text, question, n) == (None, everything)
+    assert tiny_engine.answering_chunks(adapter, text, question, None) == (None, everything)
+    assert tiny_engine.answering_chunks(adapter, text, question, n, refining=True) == ([target], [target])
+    refined = adapter._replace(metadata={"refined_chunks": [0]})  # refined earlier, for another question
+    assert tiny_engine.answering_chunks(refined, text, question, None) == ([target], [target])
+    assert tiny_engine.answering_chunks(adapter, text, "Quantum chromodynamics?", n, refining=True) == (None, [])
+    # A long document keeps its max_chunks best chunks, refined or not; one chunk is its own best.
+    long = tiny_engine.answering_chunks(adapter, text, "Where are barley and wine kept?", 2, refining=True)
+    assert len(long[0]) == 2 and long[0] == long[1]
+    single = adapter.select_chunks([target])
+    assert single.num_chunks == 1
+    assert tiny_engine.answering_chunks(single, chunks[target], question, 3, refining=True) == (None, [0])
 
 
 SENTENCES = "Ada keeps bees. The hives stand by the river! Why? Honey sells in May.\nPrices rise. " * 4

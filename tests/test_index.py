@@ -90,8 +90,7 @@ def test_every_input_shape_is_accepted(tmp_path, tiny_engine):
 
 def test_explicit_ids_win_and_are_returned_in_order(tmp_path, tiny_engine):
     index = Doc2LoRAIndex(tmp_path / "s", engine=tiny_engine)
-    ids = index.add_documents([LIGHTHOUSE, LangChainDocument(page_content=ORCHARD, id="own")],
-                              ids=["first", "second"])
+    ids = index.add_documents([LIGHTHOUSE, LangChainDocument(page_content=ORCHARD, id="own")], ids=["first", "second"])
     assert ids == ["first", "second"] == index.ids()
     with pytest.raises(InvalidDocumentError, match="2 ids for 1"):
         index.add_documents([STATION], ids=["a", "b"])
@@ -324,8 +323,11 @@ def test_a_token_budget_that_is_not_a_positive_integer_is_refused(index, tiny_en
 
 
 def test_query_batch_uses_per_row_adapters_in_one_forward(index, tiny_engine, monkeypatch):
-    questions = ["Who logs the tide at the lighthouse?", "What did the Lessay orchard harvest?",
-                 "What is the airspeed of an unladen swallow?"]
+    questions = [
+        "Who logs the tide at the lighthouse?",
+        "What did the Lessay orchard harvest?",
+        "What is the airspeed of an unladen swallow?",
+    ]
     calls = []
     original = tiny_engine.generate_batch
 
@@ -340,8 +342,9 @@ def test_query_batch_uses_per_row_adapters_in_one_forward(index, tiny_engine, mo
     assert [a.base_model_only for a in answers] == [False, False, True]
     rows = calls[0]
     assert rows[2] is None and rows[0].rank == index.store.load_adapter("light").rank
-    expected = original(questions, adapters=[combined(index, ["light"]), combined(index, ["orchard"]), None],
-                        max_new_tokens=TOKENS)
+    expected = original(
+        questions, adapters=[combined(index, ["light"]), combined(index, ["orchard"]), None], max_new_tokens=TOKENS
+    )
     assert [a.text for a in answers] == [c.text for c in expected]
     assert index.query_batch([]) == []
 
@@ -440,8 +443,12 @@ def test_default_store_lives_in_the_user_data_dir(tmp_path, monkeypatch, tiny_en
 
 def test_a_tampered_adapter_fails_its_queries_only_and_can_be_rebuilt(tmp_path, tiny_engine):
     index = Doc2LoRAIndex.from_documents(
-        [LIGHTHOUSE, ORCHARD], ids=["light", "orchard"], store=tmp_path / "s", engine=tiny_engine,
-        cache_size=0, max_new_tokens=TOKENS,
+        [LIGHTHOUSE, ORCHARD],
+        ids=["light", "orchard"],
+        store=tmp_path / "s",
+        engine=tiny_engine,
+        cache_size=0,
+        max_new_tokens=TOKENS,
     )
     weights = index.store.adapters_dir / index.get("light")[0].adapter_dir / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
@@ -544,7 +551,11 @@ def test_refine_on_query_refines_the_answering_chunks_once_and_keeps_them(tmp_pa
     question = "What does the bronze telescope of Pirra track?"
     index = Doc2LoRAIndex.from_documents(
         [{"text": " ".join(ATLAS), "id": "atlas"}, {"text": "Varn Island keeper logs tides.", "id": "light"}],
-        store=tmp_path / "s", engine=tiny_engine, max_chunks=1, refine_on_query=2, max_new_tokens=TOKENS,
+        store=tmp_path / "s",
+        engine=tiny_engine,
+        max_chunks=1,
+        refine_on_query=2,
+        max_new_tokens=TOKENS,
     )
     calls = counting_refine(monkeypatch, tiny_engine)
     generation = index.store.generation()
@@ -558,17 +569,42 @@ def test_refine_on_query_refines_the_answering_chunks_once_and_keeps_them(tmp_pa
     assert index.store.generation() == generation  # no refit of the router for a refined adapter
     assert index.query(question, k=1).text == answer.text  # the refined chunk answers, and is not refined again
     assert calls == [[chunk]]
-    index.query("Who logs tides on Varn Island?", k=1)  # a document of few chunks is refined whole
+    index.query("Who logs tides on Varn Island?", k=1)  # a document of one chunk is refined whole
     light = index.store.load_adapter("light")
     assert light.num_chunks == 1 and calls[-1] == [0] and light.refined_chunks == {0}
     with pytest.raises(ValueError, match="refine_on_query"):
         Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, refine_on_query=-1)
 
 
+def test_a_refined_document_of_a_few_chunks_answers_from_its_best_chunk_alone(tmp_path, tiny_engine, monkeypatch):
+    """Refined blocks are fitted one at a time, and their sum loses what each holds."""
+    question = "What does the bronze telescope of Pirra track?"
+    index = Doc2LoRAIndex.from_documents(
+        [{"text": " ".join(ATLAS), "id": "atlas"}],
+        store=tmp_path / "s",
+        engine=tiny_engine,
+        max_chunks=None,
+        max_new_tokens=TOKENS,
+    )
+    whole = index.store.load_adapter("atlas")
+    assert whole.num_chunks > 1 and index._plan(question, 1, None, None)[0].num_chunks == whole.num_chunks
+    calls = counting_refine(monkeypatch, tiny_engine)
+    refining = Doc2LoRAIndex.load(tmp_path / "s", engine=tiny_engine, max_chunks=None, refine_on_query=1)
+    (chunk,) = refining._plan(question, 1, None, None)[0].metadata["chunks"]
+    assert "telescope" in chunk_texts(tiny_engine.tokenizer, " ".join(ATLAS), 48)[chunk] and calls == [[chunk]]
+    # Once refined, the document answers from its best chunk without refine_on_query too.
+    assert index._plan(question, 1, None, None)[0].metadata["chunks"] == [chunk]
+    assert index.refine("atlas", steps=1, question="Which grains does the granary of Oulme store?") == ["atlas"]
+    assert len(calls) == 2 and len(calls[1]) == 1 and calls[1] != [chunk]
+
+
 def test_a_busy_store_still_answers_a_refining_query_but_refine_itself_fails(tmp_path, tiny_engine, monkeypatch):
     index = Doc2LoRAIndex.from_documents(
-        [{"text": ORCHARD, "id": "orchard"}, {"text": STATION, "id": "station"}], store=tmp_path / "s",
-        engine=tiny_engine, refine_on_query=1, max_new_tokens=TOKENS,
+        [{"text": ORCHARD, "id": "orchard"}, {"text": STATION, "id": "station"}],
+        store=tmp_path / "s",
+        engine=tiny_engine,
+        refine_on_query=1,
+        max_new_tokens=TOKENS,
     )
 
     def busy(*args, **kwargs):
@@ -588,7 +624,9 @@ def test_a_busy_store_still_answers_a_refining_query_but_refine_itself_fails(tmp
 def test_refine_refines_stored_adapters_in_place_and_resumes(tmp_path, tiny_engine, monkeypatch):
     index = Doc2LoRAIndex.from_documents(
         [{"text": " ".join(ATLAS), "id": "atlas", "metadata": {"v": 1}}, {"text": ORCHARD, "id": "orchard"}],
-        store=tmp_path / "s", engine=tiny_engine, max_chunks=1,
+        store=tmp_path / "s",
+        engine=tiny_engine,
+        max_chunks=1,
     )
     calls = counting_refine(monkeypatch, tiny_engine)
     before = {d.id: d for d in index.get(["atlas", "orchard"])}

@@ -333,7 +333,10 @@ def evaluate_niah(
                 answer = engine.generate(record.question, adapters=[focused], max_new_tokens=16)
                 focused_hits.append(answer_contains(answer, record.answer))
                 if refine_steps:  # the chunks the index would refine (none: it answers unrefined)
-                    refined = focused
+                    chosen, refinable = engine.answering_chunks(
+                        adapter, record.context, record.question, max_chunks, refining=True
+                    )
+                    refined = adapter if chosen is None else adapter.select_chunks(chosen)
                     if refinable:
                         refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=refinable)
                         refined = refined if chosen is None else refined.select_chunks(chosen)
