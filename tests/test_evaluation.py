@@ -278,6 +278,18 @@ def test_niah_in_context_limit_zero_runs_no_needle_in_context(tiny_engine) -> No
     assert len(unlimited["per_needle"]["in_context"]) == 2
 
 
+def test_niah_keeps_each_answer_beside_its_gold_number_and_hit(tiny_engine) -> None:
+    from doc2lora_rag.evaluation.evaluate import evaluate_niah
+    from doc2lora_rag.evaluation.metrics import answer_contains
+
+    row = evaluate_niah(tiny_engine, [160], count=2, max_chunks=1, progress=False)[160]
+    assert set(row["answers"]) == set(row["per_needle"]) == {"adapter", "focused", "in_context"}
+    assert len(row["gold"]) == 2 and all(gold.isdigit() for gold in row["gold"])
+    for mode, said in row["answers"].items():
+        assert [answer_contains(a, g) for a, g in zip(said, row["gold"], strict=True)] == row["per_needle"][mode]
+    json.dumps(row)  # written as is by doc2lora eval --json-out
+
+
 def test_niah_with_refine_steps_scores_the_best_chunks_refined_as_the_index_answers(tiny_engine, monkeypatch) -> None:
     from doc2lora_rag.evaluation.evaluate import evaluate_niah
 

@@ -287,6 +287,7 @@ def evaluate_general(
     return report
 
 
+NIAH_MODES = ("adapter", "focused", "focused_refined", "in_context")  # as answered, in order
 NIAH_SEED = 1000  # the needles `doc2lora eval --niah` asks about; the needle benchmarks reuse them
 
 
@@ -312,26 +313,29 @@ def evaluate_niah(
     fits in the window and under ``in_context_max_tokens``) with the document in context.
     With ``max_chunks``, also from the adapter cut down to the chunks that match the question
     best (``focused``), as the index answers from a long document. ``per_needle`` keeps each
-    needle's hit per mode, for paired comparisons. ``distractors``: other keys' needles in
-    each haystack (see ``needle_records``). ``refine_steps`` (with ``max_chunks``): also from
+    needle's hit per mode, for paired comparisons, and ``answers`` what each mode answered
+    beside each needle's ``gold`` number, so that misses can be told apart (a near miss of the
+    number or no number) without a rerun. ``distractors``: other keys' needles in each haystack
+    (see ``needle_records``). ``refine_steps`` (with ``max_chunks``): also from
     those chunks refined by that many steps first (``focused_refined``), as an index with
     ``refine_on_query`` answers."""
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = window if in_context_max_tokens is None else min(window, in_context_max_tokens)  # 0: never
     results: dict[int, dict] = {}
+
+    def ask(record: QARecord, **where) -> str:
+        return engine.generate(record.question, max_new_tokens=16, **where)
+
     for length in lengths:
         records = niah_records(engine, count, length, seed=seed, distractors=distractors)
-        adapter_hits, context_hits, focused_hits, refined_hits = [], [], [], []
+        answers: dict[str, list[str]] = {mode: [] for mode in NIAH_MODES}
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
             adapter = engine.internalize(record.context)
-            adapter_hits.append(
-                answer_contains(engine.generate(record.question, adapters=[adapter], max_new_tokens=16), record.answer)
-            )
+            answers["adapter"].append(ask(record, adapters=[adapter]))
             if max_chunks is not None:
                 chosen, refinable = engine.answering_chunks(adapter, record.context, record.question, max_chunks)
                 focused = adapter if chosen is None else adapter.select_chunks(chosen)
-                answer = engine.generate(record.question, adapters=[focused], max_new_tokens=16)
-                focused_hits.append(answer_contains(answer, record.answer))
+                answers["focused"].append(ask(record, adapters=[focused]))
                 if refine_steps:  # the chunks the index would refine (none: it answers unrefined)
                     chosen, refinable = engine.answering_chunks(
                         adapter, record.context, record.question, max_chunks, refining=True
@@ -340,26 +344,25 @@ def evaluate_niah(
                     if refinable:
                         refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=refinable)
                         refined = refined if chosen is None else refined.select_chunks(chosen)
-                    answer = engine.generate(record.question, adapters=[refined], max_new_tokens=16)
-                    refined_hits.append(answer_contains(answer, record.answer))
+                    answers["focused_refined"].append(ask(record, adapters=[refined]))
             if length + 64 <= limit:
-                answer = engine.generate(record.question, context=record.context, max_new_tokens=16)
-                context_hits.append(answer_contains(answer, record.answer))
-        per_needle = {
-            "adapter": adapter_hits,
-            "focused": focused_hits,
-            "focused_refined": refined_hits,
-            "in_context": context_hits,
+                answers["in_context"].append(ask(record, context=record.context))
+        # A mode answers every needle of a length or none, so its answers line up with the records.
+        hits = {
+            mode: [answer_contains(answer, r.answer) for answer, r in zip(said, records, strict=False)]
+            for mode, said in answers.items()
         }
         results[length] = {
-            "adapter": _mean(adapter_hits),
-            "in_context": _mean(context_hits) if context_hits else None,
+            "adapter": _mean(hits["adapter"]),
+            "in_context": _mean(hits["in_context"]) if hits["in_context"] else None,
         }
         if max_chunks is not None:
-            results[length]["focused"] = _mean(focused_hits)
-        if refined_hits:
-            results[length]["focused_refined"] = _mean(refined_hits)
-        results[length]["per_needle"] = {mode: hits for mode, hits in per_needle.items() if hits}
+            results[length]["focused"] = _mean(hits["focused"])
+        if hits["focused_refined"]:
+            results[length]["focused_refined"] = _mean(hits["focused_refined"])
+        results[length]["per_needle"] = {mode: scores for mode, scores in hits.items() if scores}
+        results[length]["answers"] = {mode: said for mode, said in answers.items() if said}
+        results[length]["gold"] = [record.answer for record in records]
     return results
 
 
