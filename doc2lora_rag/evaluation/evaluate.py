@@ -347,22 +347,20 @@ def evaluate_niah(
                     answers["focused_refined"].append(ask(record, adapters=[refined]))
             if length + 64 <= limit:
                 answers["in_context"].append(ask(record, context=record.context))
-        # A mode answers every needle of a length or none, so its answers line up with the records.
+        answers = {mode: said for mode, said in answers.items() if said}  # the modes that ran
         hits = {
-            mode: [answer_contains(answer, r.answer) for answer, r in zip(said, records, strict=False)]
+            mode: [answer_contains(answer, r.answer) for answer, r in zip(said, records, strict=True)]
             for mode, said in answers.items()
         }
         results[length] = {
-            "adapter": _mean(hits["adapter"]),
-            "in_context": _mean(hits["in_context"]) if hits["in_context"] else None,
+            "adapter": _mean(hits.get("adapter", [])),
+            "in_context": _mean(hits["in_context"]) if "in_context" in hits else None,
         }
         if max_chunks is not None:
-            results[length]["focused"] = _mean(hits["focused"])
-        if hits["focused_refined"]:
+            results[length]["focused"] = _mean(hits.get("focused", []))
+        if "focused_refined" in hits:
             results[length]["focused_refined"] = _mean(hits["focused_refined"])
-        results[length]["per_needle"] = {mode: scores for mode, scores in hits.items() if scores}
-        results[length]["answers"] = {mode: said for mode, said in answers.items() if said}
-        results[length]["gold"] = [record.answer for record in records]
+        results[length].update(per_needle=hits, answers=answers, gold=[record.answer for record in records])
     return results
 
 
