@@ -3,7 +3,7 @@
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
         [--beams 1,4] [--distractors N] [--in-context] [--turned] [--refine-steps N [--refine-question]]
         [--seed N]
-        [--json-out FILE] [--threads 2]
+        [--json-out FILE] [--reuse FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
 limit of the index on long documents (``benchmarks/composition.py``). Every greedy answer is
@@ -35,7 +35,12 @@ answer and kind. With several networks, each after the first is compared with it
 needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those, over all needles and apart for numbers with and
 without a doubled digit. ``--seed`` draws other needles than the evaluation's, to check a
-finding on needles it was not found on.
+finding on needles it was not found on. ``--reuse FILE`` takes the answers of every reader
+but the first from an earlier ``--json-out`` of the same seed and lengths that holds them
+(the first needles of a draw are those of any longer draw), so that a new reader is paired
+with an old one without paying for the old one again; the first reader is answered again, and
+how many of its answers repeat the earlier run's word for word is printed as the check that
+the two runs read the same needles the same way.
 """
 
 from __future__ import annotations
@@ -100,6 +105,17 @@ def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0):
     return adapter
 
 
+def earlier_answers(earlier: dict, keys: list[str], records: list) -> dict[str, list[dict]] | None:
+    """An earlier run's answers under ``keys`` to these needles (the first needles of a longer
+    draw of the same seed), or None where it lacks any of them."""
+    if not all(len(earlier.get(key, [])) >= len(records) for key in keys):
+        return None
+    found = {key: earlier[key][: len(records)] for key in keys}
+    if any([needle["number"] for needle in needles] != [r.answer for r in records] for needles in found.values()):
+        raise SystemExit("--reuse: the earlier run asked about other needles (another --seed or --lengths?)")
+    return found
+
+
 def doubled_digit_table(answers: dict[str, list[dict]]) -> Table:
     """Misses among numbers with a digit twice in a row against the rest, per reader."""
     table = Table(title="misses by number: a digit twice in a row (42277) or not")
@@ -155,6 +171,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
+    parser.add_argument("--reuse", type=Path, default=None, help="an earlier --json-out of the same needles")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.refine_question and not args.refine_steps:
@@ -184,11 +201,20 @@ def main() -> None:
     if args.refine_question:
         refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question")
         readers.append((refined_reader[-1], first, "refined for the question"))
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     for name, engine, mode in readers:
         in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
             counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
+            keys = [f"{name} beams={beams} tokens={length}" for beams in reader_widths]
+            reused = earlier_answers(earlier, keys, records) if name != readers[0][0] else None
+            if reused:
+                records = []  # answered by the earlier run
+                answers.update(reused)
+                for beams, key in zip(reader_widths, keys, strict=True):
+                    for needle in reused[key]:
+                        counts[beams][needle["kind"]] += 1
             for record in records:
                 adapter = reader_adapter(engine, record, mode, args.refine_steps)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
@@ -207,6 +233,10 @@ def main() -> None:
                 table.add_row(name, str(beams), str(length), *shares)
     console = Console(width=140)
     console.print(table)
+    for key, needles in answers.items():  # the first reader is answered again: it must repeat the earlier run
+        if key.startswith(f"{readers[0][0]} beams=") and key in earlier:
+            same = sum(a["answer"] == b["answer"] for a, b in zip(needles, earlier[key], strict=False))
+            console.print(f"{key}: {same} of {len(needles)} answers word for word those of {args.reuse}")
     compared = list(engines) + turned_reader + refined_reader
     if len(compared) > 1:
         console.print(paired_table(answers, compared))

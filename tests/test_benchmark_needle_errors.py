@@ -4,6 +4,7 @@ library does (at width 1 it gives the greedy answer)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from doc2lora_rag.training.data import QARecord
@@ -99,3 +100,14 @@ def test_readers_answer_with_the_haystack_its_turned_copy_or_its_refined_adapter
     again = tiny_engine.refine(made, text, steps=2, question=record.question)
     for name, (a, b) in for_question.factors.items():
         assert torch.equal(a, again.factors[name][0]) and torch.equal(b, again.factors[name][1])
+
+
+def test_reused_answers_are_the_earlier_runs_first_needles_and_only_for_the_same_needles() -> None:
+    records = [QARecord(context="c", question="q", answer=n) for n in ("111", "222")]
+    key = "shipped, refined 10 beams=1 tokens=480"
+    needles = [{"number": n, "answer": n, "kind": "exact"} for n in ("111", "222", "333")]
+    assert needle_errors.earlier_answers({key: needles}, [key], records) == {key: needles[:2]}
+    assert needle_errors.earlier_answers({key: needles[:1]}, [key], records) is None  # too few: answer again
+    assert needle_errors.earlier_answers({}, [key], records) is None
+    with pytest.raises(SystemExit, match="other needles"):
+        needle_errors.earlier_answers({key: needles[1:]}, [key], records)

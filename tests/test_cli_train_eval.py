@@ -58,6 +58,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     assert set(scores) == {"no_context", "in_context", "adapter", "unrelated_adapter"}
     assert all(0.0 <= s["f1"] <= 1.0 and 0.0 <= s["contains"] <= 1.0 for s in scores.values())
     assert set(data["niah"]) == {"64"} and data["niah_seed"] == 7
+    assert data["niah_max_chunks"] == 3 and data["niah_refine_steps"] == 0  # what needle_misses.py answers with
     assert set(data["niah"]["64"]) == {"adapter", "focused", "in_context", "per_needle", "answers", "gold"}
     general = data["general"]
     assert set(general["scores"]) == {"no_context", "unrelated_adapter", "routed"}

@@ -122,6 +122,8 @@ def evaluate(
         )
         results["niah_distractors"] = niah_distractors
         results["niah_seed"] = seed
+        results["niah_max_chunks"] = niah_max_chunks
+        results["niah_refine_steps"] = refine_steps if niah_max_chunks else 0
         _print_niah(results["niah"])
     if markdown:
         from doc2lora_rag.evaluation.report import write_markdown

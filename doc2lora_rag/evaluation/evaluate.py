@@ -322,31 +322,15 @@ def evaluate_niah(
     window = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     limit = window if in_context_max_tokens is None else min(window, in_context_max_tokens)  # 0: never
     results: dict[int, dict] = {}
-
-    def ask(record: QARecord, **where) -> str:
-        return engine.generate(record.question, max_new_tokens=16, **where)
-
     for length in lengths:
         records = niah_records(engine, count, length, seed=seed, distractors=distractors)
         answers: dict[str, list[str]] = {mode: [] for mode in NIAH_MODES}
         for record in tqdm(records, desc=f"niah {length}", disable=not progress):
-            adapter = engine.internalize(record.context)
-            answers["adapter"].append(ask(record, adapters=[adapter]))
-            if max_chunks is not None:
-                chosen, refinable = engine.answering_chunks(adapter, record.context, record.question, max_chunks)
-                focused = adapter if chosen is None else adapter.select_chunks(chosen)
-                answers["focused"].append(ask(record, adapters=[focused]))
-                if refine_steps:  # the chunks the index would refine (none: it answers unrefined)
-                    chosen, refinable = engine.answering_chunks(
-                        adapter, record.context, record.question, max_chunks, refining=True
-                    )
-                    refined = adapter if chosen is None else adapter.select_chunks(chosen)
-                    if refinable:
-                        refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=refinable)
-                        refined = refined if chosen is None else refined.select_chunks(chosen)
-                    answers["focused_refined"].append(ask(record, adapters=[refined]))
-            if length + 64 <= limit:
-                answers["in_context"].append(ask(record, context=record.context))
+            said = answer_needle(
+                engine, record, max_chunks=max_chunks, refine_steps=refine_steps, in_context=length + 64 <= limit
+            )
+            for mode, answer in said.items():
+                answers[mode].append(answer)
         answers = {mode: said for mode, said in answers.items() if said}  # the modes that ran
         hits = {
             mode: [answer_contains(answer, r.answer) for answer, r in zip(said, records, strict=True)]
@@ -362,6 +346,35 @@ def evaluate_niah(
             results[length]["focused_refined"] = _mean(hits["focused_refined"])
         results[length].update(per_needle=hits, answers=answers, gold=[record.answer for record in records])
     return results
+
+
+def answer_needle(
+    engine, record: QARecord, *, max_chunks: int | None = None, refine_steps: int = 0, in_context: bool = False
+) -> dict[str, str]:
+    """One needle's answers, by mode of ``NIAH_MODES`` (see ``evaluate_niah``): from the
+    haystack's adapter, from its best chunks (with ``max_chunks``), from those refined first
+    (with ``refine_steps`` too) and with the haystack in context (``in_context``)."""
+
+    def ask(**where) -> str:
+        return engine.generate(record.question, max_new_tokens=16, **where)
+
+    adapter = engine.internalize(record.context)
+    answers = {"adapter": ask(adapters=[adapter])}
+    if max_chunks is not None:
+        chosen, _ = engine.answering_chunks(adapter, record.context, record.question, max_chunks)
+        answers["focused"] = ask(adapters=[adapter if chosen is None else adapter.select_chunks(chosen)])
+        if refine_steps:  # the chunks the index would refine (none: it answers unrefined)
+            chosen, refinable = engine.answering_chunks(
+                adapter, record.context, record.question, max_chunks, refining=True
+            )
+            refined = adapter if chosen is None else adapter.select_chunks(chosen)
+            if refinable:
+                refined = engine.refine(adapter, record.context, steps=refine_steps, chunks=refinable)
+                refined = refined if chosen is None else refined.select_chunks(chosen)
+            answers["focused_refined"] = ask(adapters=[refined])
+    if in_context:
+        answers["in_context"] = ask(context=record.context)
+    return answers
 
 
 def _mean(values) -> float:
