@@ -65,8 +65,9 @@ def main() -> None:
                 answered[length], same = answer_again(engine, results, int(length), row, max_chunks, refine_steps)
                 repeated, total = repeated + same, total + len(answered[length])
     misses = {length: classify(answers) for length, answers in answered.items()}
+    ran = [mode for mode in MODES if all(mode in row["per_needle"] for row in results["niah"].values())]
     console = Console(width=140)
-    console.print(miss_table(misses))
+    console.print(miss_table(misses, ran))
     if total:
         console.print(f"re-answered {total} missed needles; {repeated} repeat the eval's hit in every mode")
     if args.json_out:
@@ -116,14 +117,15 @@ def classify(answers: dict[int, dict]) -> dict[str, list[dict]]:
     return misses
 
 
-def miss_table(misses: dict[str, dict[str, list[dict]]]) -> Table:
-    """Misses per haystack length and mode, by kind, and how many hold a doubled digit."""
+def miss_table(misses: dict[str, dict[str, list[dict]]], modes: list[str]) -> Table:
+    """Misses per haystack length and mode that ran (of ``MODES``; none missed is a row of
+    zeros), by kind, and how many hold a doubled digit."""
     table = Table(title="needles missed from the best chunks, by kind")
     for column in ("haystack tokens", "answered from", "missed", *MISS_KINDS, "doubled digit"):
         table.add_column(column, justify="right")
-    totals = {mode: [m for by_mode in misses.values() for m in by_mode.get(mode, [])] for mode in MODES}
+    totals = {mode: [m for by_mode in misses.values() for m in by_mode.get(mode, [])] for mode in modes}
     for length, by_mode in [*misses.items(), ("all", totals)]:
-        for mode in MODES:
+        for mode in modes:
             missed = by_mode.get(mode, [])
             kinds = [sum(m["kind"] == kind for m in missed) for kind in MISS_KINDS]
             doubled = sum(has_repeated_digit(m["number"]) for m in missed)

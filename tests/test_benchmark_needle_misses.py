@@ -24,6 +24,8 @@ def test_misses_are_sorted_by_kind_from_the_answers_the_eval_kept() -> None:
     assert [(m["needle"], m["kind"]) for m in misses["focused"]] == [(0, "reordered")]
     assert [(m["needle"], m["kind"]) for m in misses["focused_refined"]] == [(0, "one edit"), (1, "other")]
     assert needle_misses.recorded_answers({"per_needle": row["per_needle"]}) is None
+    # An eval that did not refine has no refined row, rather than a row of no misses.
+    assert needle_misses.miss_table({"480": misses}, ["focused"]).row_count == 2
 
 
 def test_an_eval_without_answers_has_its_misses_answered_again_as_it_answered_them(tiny_engine) -> None:
@@ -37,5 +39,5 @@ def test_an_eval_without_answers_has_its_misses_answered_again_as_it_answered_th
     flipped = {**row["per_needle"], "adapter": [1.0 - hit for hit in row["per_needle"]["adapter"]]}
     again, repeated = needle_misses.answer_again(tiny_engine, results, 160, {"per_needle": flipped}, 1, 1)
     assert again == answers and repeated == 0
-    table = needle_misses.miss_table({"160": needle_misses.classify(answers)})
+    table = needle_misses.miss_table({"160": needle_misses.classify(answers)}, list(needle_misses.MODES))
     assert table.row_count == 4  # two modes at 160 tokens, and over all lengths
