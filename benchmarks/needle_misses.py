@@ -30,9 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
-from doc2lora_rag.evaluation.evaluate import NIAH_SEED, answer_needle, niah_records
+from doc2lora_rag.evaluation.evaluate import answer_needle
 from doc2lora_rag.evaluation.metrics import answer_contains, number_answer_kind
 from doc2lora_rag.training.data import has_repeated_digit
+
+from needle_routing import haystacks
 
 MISS_KINDS = ("reordered", "one edit", "other")  # a haystack of one needle holds no other key's number
 MODES = ("focused", "focused_refined")
@@ -81,10 +83,14 @@ def recorded_answers(row: dict) -> dict[int, dict] | None:
         return None
     hits = row["per_needle"]
     return {
-        index: {"gold": gold, **{mode: row["answers"][mode][index] for mode in MODES if mode in hits}}
-        for index, gold in enumerate(row["gold"])
-        if any(not hits[mode][index] for mode in MODES if mode in hits)
+        index: {"gold": row["gold"][index], **{mode: row["answers"][mode][index] for mode in MODES if mode in hits}}
+        for index in missed_needles(hits)
     }
+
+
+def missed_needles(hits: dict[str, list[float]]) -> list[int]:
+    """The needles missed in at least one of ``MODES``, by index."""
+    return [i for i in range(len(hits["focused"])) if any(not hits[mode][i] for mode in MODES if mode in hits)]
 
 
 def answer_again(
@@ -93,11 +99,9 @@ def answer_again(
     """The needles the eval missed in ``MODES`` at ``length`` tokens, answered again, and how
     many of them repeat the eval's hits in every mode both answered."""
     hits = row["per_needle"]
-    count = len(hits["focused"])
-    records = niah_records(engine, count, length, seed=results.get("niah_seed", NIAH_SEED))
-    missed = [i for i in range(count) if any(not hits[mode][i] for mode in MODES if mode in hits)]
+    records = haystacks(engine, results, length, len(hits["focused"]))
     answers, same = {}, 0
-    for index in missed:
+    for index in missed_needles(hits):
         record = records[index]
         said = answer_needle(engine, record, max_chunks=max_chunks, refine_steps=refine_steps)
         kept = {mode: said[mode] for mode in ("adapter", *MODES) if mode in hits and mode in said}
@@ -109,10 +113,10 @@ def answer_again(
 def classify(answers: dict[int, dict]) -> dict[str, list[dict]]:
     """Each mode's misses among ``answers``: needle index, number, answer and kind."""
     misses: dict[str, list[dict]] = {}
-    for index, needle in sorted(answers.items(), key=lambda item: int(item[0])):
+    for index, needle in sorted(answers.items()):
         for mode in MODES:
             if mode in needle and (kind := number_answer_kind(needle[mode], needle["gold"])) != "exact":
-                entry = {"needle": int(index), "number": needle["gold"], "answer": needle[mode], "kind": kind}
+                entry = {"needle": index, "number": needle["gold"], "answer": needle[mode], "kind": kind}
                 misses.setdefault(mode, []).append(entry)
     return misses
 
