@@ -1,8 +1,8 @@
 """What a chunk adapter gets wrong when it misses a needle: the kinds of wrong numbers.
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
-        [--beams 1,4] [--distractors N] [--in-context] [--turned] [--refine-steps N [--refine-question]]
-        [--seed N]
+        [--beams 1,4] [--distractors N] [--in-context] [--turned]
+        [--refine-steps N [--refine-question] [--refine-by-ending]] [--sentence-end] [--seed N]
         [--json-out FILE] [--reuse FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
@@ -29,8 +29,15 @@ misses are other needles' misses, the miss lies in the context, if the same, in 
 ``--refine-steps N`` also answers with the first network's adapters refined by N gradient
 steps on the haystack's own sentence endings (``Doc2LoRA.refine``), the needle's sentence
 among them; with ``--refine-question``, also refined for the question (the sentences that
-match it best fitted at every step, ``Doc2LoRA.refine(question=)``). Misses are also
-counted apart for numbers with a digit twice in a row. ``--json-out`` keeps every needle's
+match it best fitted at every step, ``Doc2LoRA.refine(question=)``); with
+``--refine-by-ending``, also refined with at most one sentence of each ending a step
+(``Doc2LoRA.refine(by_ending=True)``: the haystack's filler ends in a few ways, the needle in its
+own, so the needle's sentence is fitted at every step). Misses are also
+counted apart for numbers with a digit twice in a row. ``--sentence-end`` also asks every
+adapter to end the needle's own sentence, quoted up to its last two words as refinement
+quotes it (``sentence_endings``): a second reading of the same weights, compared needle by
+needle with the question's, which tells a number the adapter does not carry from one the
+question does not draw out. ``--json-out`` keeps every needle's
 answer and kind. With several networks, each after the first is compared with it needle by
 needle: needles it answers exactly that the first misses (gained), the reverse
 (lost), and the two-sided sign test on those, over all needles and apart for numbers with and
@@ -61,6 +68,9 @@ from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
 from doc2lora_rag.generation.generate import _generation_config
 from doc2lora_rag.training.data import has_repeated_digit
+from doc2lora_rag.training.refine import sentence_endings
+
+SENTENCE_END = "sentence end"
 
 
 def answer(engine: Doc2LoRA, question: str, adapter, beams: int, max_new_tokens: int = 12) -> str:
@@ -99,10 +109,20 @@ def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0):
         return None
     source = turned(record.context) if mode == "turned" else record.context
     adapter = engine.internalize(source)
-    if mode in ("refined", "refined for the question"):
+    if mode.startswith("refined"):
         question = record.question if mode == "refined for the question" else None
-        return engine.refine(adapter, source, steps=refine_steps, question=question)
+        return engine.refine(
+            adapter, source, steps=refine_steps, question=question, by_ending=mode == "refined by ending"
+        )
     return adapter
+
+
+def sentence_end_question(record) -> str:
+    """The needle's sentence quoted up to its last two words, as refinement asks it to be ended."""
+    found = [question for question, ending in sentence_endings(record.context) if record.answer in ending]
+    if not found:
+        raise ValueError(f"no sentence of the haystack ends in its needle's number {record.answer}")
+    return found[0]
 
 
 def earlier_answers(earlier: dict, keys: list[str], records: list) -> dict[str, list[dict]] | None:
@@ -169,13 +189,21 @@ def main() -> None:
     parser.add_argument(
         "--refine-question", action="store_true", help="with --refine-steps: also refine for the question"
     )
+    parser.add_argument(
+        "--refine-by-ending",
+        action="store_true",
+        help="with --refine-steps: also refine one sentence per ending a step",
+    )
+    parser.add_argument(
+        "--sentence-end", action="store_true", help="also ask each adapter to end the needle's own sentence"
+    )
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
     parser.add_argument("--json-out", type=Path, default=None, help="every needle's answer and kind, as JSON")
     parser.add_argument("--reuse", type=Path, default=None, help="an earlier --json-out of the same needles")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
-    if args.refine_question and not args.refine_steps:
-        parser.error("--refine-question needs --refine-steps")
+    if (args.refine_question or args.refine_by_ending) and not args.refine_steps:
+        parser.error("--refine-question and --refine-by-ending need --refine-steps")
     if args.threads:
         torch.set_num_threads(args.threads)
     engines = {}
@@ -201,6 +229,9 @@ def main() -> None:
     if args.refine_question:
         refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question")
         readers.append((refined_reader[-1], first, "refined for the question"))
+    if args.refine_by_ending:
+        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} by ending")
+        readers.append((refined_reader[-1], first, "refined by ending"))
     earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     for name, engine, mode in readers:
         in_context = mode == "context"
@@ -228,9 +259,29 @@ def main() -> None:
                     counts[beams][kind] += 1
                     needles = answers.setdefault(f"{name} beams={beams} tokens={length}", [])
                     needles.append({"number": record.answer, "answer": given, "kind": kind})
+                    if args.sentence_end and not in_context:
+                        # Room for a sentence restated whole before its number.
+                        ended = answer(engine, sentence_end_question(record), adapter, beams, max_new_tokens=24)
+                        needles = answers.setdefault(f"{name}, {SENTENCE_END} beams={beams} tokens={length}", [])
+                        needles.append(
+                            {
+                                "number": record.answer,
+                                "answer": ended,
+                                "kind": number_answer_kind(ended, record.answer, numbers),
+                            }
+                        )
             for beams in reader_widths:
                 shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
                 table.add_row(name, str(beams), str(length), *shares)
+    for key, needles in answers.items():  # the sentence-end readings, after every reader's own
+        if f", {SENTENCE_END} beams=" in key:
+            name, beams, length = re.fullmatch(r"(.*) beams=(\d+) tokens=(\d+)", key).groups()
+            table.add_row(
+                name,
+                beams,
+                length,
+                *(f"{sum(n['kind'] == k for n in needles) / len(needles):.2f}" for k in NUMBER_ANSWER_KINDS),
+            )
     console = Console(width=140)
     console.print(table)
     for key, needles in answers.items():  # the first reader is answered again: it must repeat the earlier run
@@ -240,8 +291,12 @@ def main() -> None:
     compared = list(engines) + turned_reader + refined_reader
     if len(compared) > 1:
         console.print(paired_table(answers, compared))
-    if args.refine_question:  # the question's sentences at every step, against all in turn
+    if len(refined_reader) > 1:  # for the question or by ending, against all sentences in turn
         console.print(paired_table(answers, refined_reader))
+    if args.sentence_end:  # the same adapters, asked to end the needle's sentence instead of the question
+        for name, _, _ in readers:
+            if any(key.startswith(f"{name}, {SENTENCE_END} beams=") for key in answers):  # not reused readers'
+                console.print(paired_table(answers, [name, f"{name}, {SENTENCE_END}"]))
     console.print(doubled_digit_table(answers))
     if args.json_out:
         args.json_out.write_text(json.dumps(answers, indent=1))

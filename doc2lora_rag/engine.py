@@ -148,18 +148,21 @@ class Doc2LoRA:
         steps: int | None = None,
         chunks: Sequence[int] | None = None,
         question: str | None = None,
+        by_ending: bool = False,
     ) -> LoRAAdapter:
         """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
         gradient steps per chunk on completing the chunk's own sentences: seconds per chunk on
         a CPU instead of one forward pass (docs/engine.md, "Refinement"). ``chunks``: refine
         only these; the adapter's ``metadata["refined_chunks"]`` lists those refined so far.
-        ``question``: the sentences that match it best are fitted at every step."""
+        ``question``: the sentences that match it best are fitted at every step. ``by_ending``:
+        a step fits at most one sentence of each ending, so sentences that end alike (filler,
+        boilerplate) do not crowd out one that ends its own way."""
         from doc2lora_rag.training.refine import refine_adapter
 
         self.check_adapters(adapter)
         steps = steps if steps is not None else self.refine_steps or 10
         texts = self._checked_chunk_texts(adapter, text)
-        return refine_adapter(self, adapter, texts, steps=steps, chunks=chunks, question=question)
+        return refine_adapter(self, adapter, texts, steps=steps, chunks=chunks, question=question, by_ending=by_ending)
 
     @torch.inference_mode()
     def _read(self, texts: list[str], metadata: list[dict]) -> list[LoRAAdapter]:

@@ -102,6 +102,20 @@ def test_readers_answer_with_the_haystack_its_turned_copy_or_its_refined_adapter
         assert torch.equal(a, again.factors[name][0]) and torch.equal(b, again.factors[name][1])
 
 
+def test_the_by_ending_reader_refines_one_sentence_of_each_ending_a_step(tiny_engine, monkeypatch) -> None:
+    calls = []
+
+    def recording_refine(engine, adapter, texts, **options):
+        calls.append(options)
+        return adapter
+
+    monkeypatch.setattr("doc2lora_rag.training.refine.refine_adapter", recording_refine)
+    record = QARecord(context="The secret number of the red fox is 42277.", question="q", answer="42277")
+    needle_errors.reader_adapter(tiny_engine, record, "refined by ending", refine_steps=2)
+    needle_errors.reader_adapter(tiny_engine, record, "refined", refine_steps=2)
+    assert [(c["steps"], c["by_ending"], c["question"]) for c in calls] == [(2, True, None), (2, False, None)]
+
+
 def test_reused_answers_are_the_earlier_runs_first_needles_and_only_for_the_same_needles() -> None:
     records = [QARecord(context="c", question="q", answer=n) for n in ("111", "222")]
     key = "shipped, refined 10 beams=1 tokens=480"
@@ -111,3 +125,13 @@ def test_reused_answers_are_the_earlier_runs_first_needles_and_only_for_the_same
     assert needle_errors.earlier_answers({}, [key], records) is None
     with pytest.raises(SystemExit, match="other needles"):
         needle_errors.earlier_answers({key: needles[1:]}, [key], records)
+
+
+def test_the_sentence_end_question_quotes_the_needles_sentence_up_to_its_last_two_words() -> None:
+    text = "One two three four five. The secret number of the red fox is 42277. Six seven eight nine ten."
+    record = QARecord(context=text, question="What is the secret number of the red fox?", answer="42277")
+    question = needle_errors.sentence_end_question(record)
+    assert question == 'How does this sentence of the document end? "The secret number of the red fox ..."'
+    unended = QARecord(context="One two three four five six.", question="q", answer="42277")
+    with pytest.raises(ValueError, match="42277"):
+        needle_errors.sentence_end_question(unended)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.refine import (
+    ending_groups,
     question_sentences,
     refine_adapter,
     sentence_endings,
@@ -48,6 +51,30 @@ def test_sentence_windows_bound_each_step_and_take_every_sentence_in_turn() -> N
     assert windows[6][0] == 48 % 47
     many = sentence_windows(3, steps=100, per_step=2)  # windows repeat: step i takes many[i % len(many)]
     assert many == [[0, 1], [2, 0], [1, 2]]
+
+
+def test_sentences_are_grouped_by_their_ending_in_order_of_first_appearance() -> None:
+    pairs = [("q0", "at dawn"), ("q1", "is 42277"), ("q2", "At dawn"), ("q3", "many years"), ("q4", "at dawn")]
+    assert ending_groups(pairs) == [[0, 2, 4], [1], [3]]
+    assert ending_groups([]) == []
+
+
+def test_a_step_takes_one_sentence_of_each_ending_so_a_distinct_one_is_in_every_step() -> None:
+    # 47 sentences: 46 of filler that end in one of 9 ways, and one needle (23) that ends its own way.
+    endings = [f"filler {i % 9}" for i in range(47)]
+    endings[23] = "is 42277"
+    groups = ending_groups([(f"q{i}", e) for i, e in enumerate(endings)])
+    windows = sentence_windows(47, steps=10, per_step=10, groups=groups)
+    assert len(windows) == 10 and all(23 in w and len(w) == 10 for w in windows)
+    assert all(len({endings[i] for i in w}) == len(w) for w in windows)  # never two alike in a step
+    assert set(i for w in windows for i in w) == set(range(47))  # and every filler sentence in turn
+    # More endings than room: groups take turns as sentences do, each group's members in turn.
+    assert sentence_windows(5, steps=4, per_step=2, groups=[[0, 2], [1, 4], [3]]) == [[0, 1], [3, 2], [4, 3], [0, 1]]
+    # All different: the windows of plain sentences in turn; pinned ones still in every step.
+    singles = [[i] for i in range(47)]
+    assert sentence_windows(47, steps=10, per_step=8, groups=singles) == sentence_windows(47, steps=10, per_step=8)
+    pinned = sentence_windows(47, steps=10, per_step=10, pinned=[5], groups=groups)
+    assert all(w[0] == 5 and len(w) == 10 and len({endings[i] for i in w[1:]}) == 9 for w in pinned)
 
 
 def test_pinned_sentences_are_in_every_window_and_the_rest_take_turns() -> None:
@@ -92,6 +119,26 @@ def test_refining_for_a_question_fits_its_sentence_at_every_step(monkeypatch) ->
     refined = refine_adapter(engine, made, [text], steps=3, sentences_per_step=4, question=question)
     assert len(fitted) == 3 and all(sum("Oriel Paske" in answer for answer in step) == 1 for step in fitted)
     assert all(len(step) == 4 for step in fitted) and refined.refined_chunks == {0}
+
+
+def test_refining_by_ending_fits_the_one_sentence_that_ends_its_own_way_at_every_step(monkeypatch) -> None:
+    engine = make_tiny_engine(source_layers="all")
+    keeper = "The lighthouse keeper of Veltrano was named Oriel Paske."
+    text = " ".join(f"Field number {i} of the farm grows tall green barley." for i in range(12)) + " " + keeper
+    made = engine.internalize(text).select_chunks([0])
+    fitted: list[list[str]] = []
+
+    def recording_fit(model, paths, trainable, batches, *, steps, lr, frozen=None):
+        for step in range(steps):
+            fitted.append(engine.tokenizer.batch_decode(batches[step % len(batches)].input_ids))  # prompt and answer
+
+    monkeypatch.setattr("doc2lora_rag.training.refine.fit_lora", recording_fit)
+    refine_adapter(engine, made, [text], steps=3, sentences_per_step=4, by_ending=True)
+    # Two endings, so two rows a step: the keeper's sentence, and the barley fields' in turn.
+    assert len(fitted) == 3 and all(len(step) == 2 for step in fitted)
+    assert all(sum("Oriel Paske" in row for row in step) == 1 for step in fitted)
+    fields = [re.search(r"Field number (\d+)", row).group(1) for step in fitted for row in step if "Paske" not in row]
+    assert fields == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize(("per_step", "steps"), [(8, 30), (1, 60)])

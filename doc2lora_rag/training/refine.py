@@ -47,21 +47,45 @@ def sentence_endings(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def sentence_windows(count: int, steps: int, per_step: int, pinned: Sequence[int] = ()) -> list[list[int]]:
+def ending_groups(pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+    """The sentences (as ``sentence_endings`` pairs) grouped by how they end, case aside, in
+    order of first appearance: filler and boilerplate repeat their endings, facts rarely do."""
+    groups: dict[str, list[int]] = {}
+    for index, (_, ending) in enumerate(pairs):
+        groups.setdefault(ending.lower(), []).append(index)
+    return list(groups.values())
+
+
+def sentence_windows(
+    count: int,
+    steps: int,
+    per_step: int,
+    pinned: Sequence[int] = (),
+    groups: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
     """The sentences each step fits: the ``pinned`` ones at every step, the others
     ``per_step`` minus those at a time, in turn, wrapping around; all ``count`` of them at
-    every step when they fit. Windows repeat, so at most ``count`` are returned and step ``i``
-    takes window ``i % len(windows)``."""
+    every step when they fit. Windows repeat: step ``i`` takes window ``i % len(windows)``.
+    ``groups`` (``ending_groups``): a step takes at most one sentence of a group, its members in
+    turn, so that a distinct ending among many alike is fitted at every step, not once in a
+    while; without groups every sentence is its own."""
     pinned = sorted(set(pinned))
-    rest = [i for i in range(count) if i not in pinned]
+    rest = [kept for group in groups or [[i] for i in range(count)] if (kept := [i for i in group if i not in pinned])]
     room = per_step - len(pinned)
-    if len(rest) <= room:
-        return [pinned + rest]
+    if sum(len(group) for group in rest) <= room:
+        return [pinned + sorted(i for group in rest for i in group)]
     if room < 1:
         raise ValueError(f"{len(pinned)} pinned sentences leave no room in steps of {per_step}")
-    return [
-        pinned + [rest[(start * room + j) % len(rest)] for j in range(room)] for start in range(min(steps, len(rest)))
-    ]
+    windows, taken = [], [0] * len(rest)
+    alike = any(len(group) > 1 for group in rest)
+    for start in range(steps if alike else min(steps, len(rest))):
+        window = list(pinned)
+        for j in range(min(room, len(rest))):
+            group = (start * room + j) % len(rest)
+            window.append(rest[group][taken[group] % len(rest[group])])
+            taken[group] += 1
+        windows.append(window)
+    return windows
 
 
 def question_sentences(
@@ -84,11 +108,13 @@ def refine_adapter(
     sentences_per_step: int = SENTENCES_PER_STEP,
     chunks: Sequence[int] | None = None,
     question: str | None = None,
+    by_ending: bool = False,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
     the sentences of ``chunk_texts[i]``, at most ``sentences_per_step`` per step; chunks
     without a sentence of five words stay as made. ``chunks``: only these (default: all).
-    ``question``: fit the sentences that match it at every step."""
+    ``question``: fit the sentences that match it at every step. ``by_ending``: at most one
+    sentence of each ending per step (``ending_groups``)."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
     if sentences_per_step < 1:
@@ -117,7 +143,11 @@ def refine_adapter(
         batches = [
             student_batch(tokenizer, [prompts[i] for i in window], [targets[i] for i in window]).to(base.device)
             for window in sentence_windows(
-                len(pairs), steps, sentences_per_step, question_sentences(question, pairs)[: sentences_per_step - 1]
+                len(pairs),
+                steps,
+                sentences_per_step,
+                question_sentences(question, pairs)[: sentences_per_step - 1],
+                ending_groups(pairs) if by_ending else None,
             )
         ]
         block = slice(chunk * size, (chunk + 1) * size)
