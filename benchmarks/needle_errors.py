@@ -125,6 +125,17 @@ def sentence_end_question(record) -> str:
     return found[0]
 
 
+def keep_answer(answers: dict[str, list[dict]], key: str, record, given: str, numbers: list[str]) -> None:
+    """``given`` sorted into its kind, kept under ``key`` with the needle's number."""
+    kind = number_answer_kind(given, record.answer, numbers)
+    answers.setdefault(key, []).append({"number": record.answer, "answer": given, "kind": kind})
+
+
+def kind_shares(needles: list[dict]) -> list[str]:
+    """Each kind's share of a reader's answers, as table cells."""
+    return [f"{sum(n['kind'] == kind for n in needles) / len(needles):.2f}" for kind in NUMBER_ANSWER_KINDS]
+
+
 def earlier_answers(earlier: dict, keys: list[str], records: list) -> dict[str, list[dict]] | None:
     """An earlier run's answers under ``keys`` to these needles (the first needles of a longer
     draw of the same seed), or None where it lacks any of them."""
@@ -237,15 +248,11 @@ def main() -> None:
         in_context = mode == "context"
         reader_widths = [1] if in_context else widths  # beam search is the adapter's alone
         for length, records in haystacks.items():
-            counts = {beams: dict.fromkeys(NUMBER_ANSWER_KINDS, 0) for beams in reader_widths}
             keys = [f"{name} beams={beams} tokens={length}" for beams in reader_widths]
             reused = earlier_answers(earlier, keys, records) if name != readers[0][0] else None
             if reused:
                 records = []  # answered by the earlier run
                 answers.update(reused)
-                for beams, key in zip(reader_widths, keys, strict=True):
-                    for needle in reused[key]:
-                        counts[beams][needle["kind"]] += 1
             for record in records:
                 adapter = reader_adapter(engine, record, mode, args.refine_steps)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
@@ -255,33 +262,16 @@ def main() -> None:
                         given = engine.generate(record.question, context=record.context, max_new_tokens=32)
                     else:
                         given = answer(engine, record.question, adapter, beams)
-                    kind = number_answer_kind(given, record.answer, numbers)
-                    counts[beams][kind] += 1
-                    needles = answers.setdefault(f"{name} beams={beams} tokens={length}", [])
-                    needles.append({"number": record.answer, "answer": given, "kind": kind})
+                    keep_answer(answers, f"{name} beams={beams} tokens={length}", record, given, numbers)
                     if args.sentence_end and not in_context:
                         # Room for a sentence restated whole before its number.
                         ended = answer(engine, sentence_end_question(record), adapter, beams, max_new_tokens=24)
-                        needles = answers.setdefault(f"{name}, {SENTENCE_END} beams={beams} tokens={length}", [])
-                        needles.append(
-                            {
-                                "number": record.answer,
-                                "answer": ended,
-                                "kind": number_answer_kind(ended, record.answer, numbers),
-                            }
+                        keep_answer(
+                            answers, f"{name}, {SENTENCE_END} beams={beams} tokens={length}", record, ended, numbers
                         )
-            for beams in reader_widths:
-                shares = (f"{counts[beams][k] / args.count:.2f}" for k in NUMBER_ANSWER_KINDS)
-                table.add_row(name, str(beams), str(length), *shares)
-    for key, needles in answers.items():  # the sentence-end readings, after every reader's own
-        if f", {SENTENCE_END} beams=" in key:
-            name, beams, length = re.fullmatch(r"(.*) beams=(\d+) tokens=(\d+)", key).groups()
-            table.add_row(
-                name,
-                beams,
-                length,
-                *(f"{sum(n['kind'] == k for n in needles) / len(needles):.2f}" for k in NUMBER_ANSWER_KINDS),
-            )
+    for key, needles in answers.items():  # each reader's rows, its sentence-end reading beside it
+        name, beams, length = re.fullmatch(r"(.*) beams=(\d+) tokens=(\d+)", key).groups()
+        table.add_row(name, beams, length, *kind_shares(needles))
     console = Console(width=140)
     console.print(table)
     for key, needles in answers.items():  # the first reader is answered again: it must repeat the earlier run

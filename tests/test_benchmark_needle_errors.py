@@ -135,3 +135,14 @@ def test_the_sentence_end_question_quotes_the_needles_sentence_up_to_its_last_tw
     unended = QARecord(context="One two three four five six.", question="q", answer="42277")
     with pytest.raises(ValueError, match="42277"):
         needle_errors.sentence_end_question(unended)
+
+
+def test_answers_are_kept_with_their_kind_and_tabled_as_shares_of_each_kind() -> None:
+    answers: dict[str, list[dict]] = {}
+    record = QARecord(context="c", question="q", answer="42277")
+    for given in ("42277", "42727", "4277", "no idea"):
+        needle_errors.keep_answer(answers, "shipped beams=1 tokens=480", record, given, ["42277"])
+    needles = answers["shipped beams=1 tokens=480"]
+    assert [n["kind"] for n in needles] == ["exact", "reordered", "one edit", "other"]
+    assert all(n["number"] == "42277" for n in needles)
+    assert needle_errors.kind_shares(needles) == ["0.25", "0.00", "0.25", "0.25", "0.25"]  # another key's: none
