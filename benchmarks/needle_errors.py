@@ -2,7 +2,8 @@
 
     python benchmarks/needle_errors.py [--lengths 128,256,480] [--count 30] [--hypernet DIR ...]
         [--beams 1,4] [--distractors N] [--in-context] [--turned]
-        [--refine-steps N [--refine-question] [--refine-by-ending]] [--sentence-end] [--seed N]
+        [--refine-steps N [--refine-question] [--refine-by-ending] [--refine-answer-words N]]
+        [--sentence-end] [--seed N]
         [--json-out FILE] [--reuse FILE] [--threads 2]
 
 Each haystack fits one chunk, so this measures what a single chunk's adapter recalls, the
@@ -32,7 +33,9 @@ among them; with ``--refine-question``, also refined for the question (the sente
 match it best fitted at every step, ``Doc2LoRA.refine(question=)``); with
 ``--refine-by-ending``, also refined with at most one sentence of each ending a step
 (``Doc2LoRA.refine(by_ending=True)``: the haystack's filler ends in a few ways, the needle in its
-own, so the needle's sentence is fitted at every step). Misses are also
+own, so the needle's sentence is fitted at every step). ``--refine-answer-words N``: those two
+readers fit each sentence's last N words instead of two (1: a needle's bare number), the plain
+refined reader staying the baseline. Misses are also
 counted apart for numbers with a digit twice in a row. ``--sentence-end`` also asks every
 adapter to end the needle's own sentence, quoted up to its last two words as refinement
 quotes it (``sentence_endings``): a second reading of the same weights, compared needle by
@@ -102,7 +105,7 @@ def turned(text: str) -> str:
 DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda n: not has_repeated_digit(n)}
 
 
-def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0):
+def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0, answer_words: int | None = None):
     """What a reader answers with: nothing (in context), the haystack's adapter, the turned
     haystack's, or the haystack's adapter refined, for the question or not."""
     if mode == "context":
@@ -111,8 +114,9 @@ def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0):
     adapter = engine.internalize(source)
     if mode.startswith("refined"):
         question = record.question if mode == "refined for the question" else None
+        by_ending = mode == "refined by ending"
         return engine.refine(
-            adapter, source, steps=refine_steps, question=question, by_ending=mode == "refined by ending"
+            adapter, source, steps=refine_steps, question=question, by_ending=by_ending, answer_words=answer_words
         )
     return adapter
 
@@ -206,6 +210,12 @@ def main() -> None:
         help="with --refine-steps: also refine one sentence per ending a step",
     )
     parser.add_argument(
+        "--refine-answer-words",
+        type=int,
+        default=None,
+        help="the last words of a sentence that --refine-question and --refine-by-ending fit (default 2)",
+    )
+    parser.add_argument(
         "--sentence-end", action="store_true", help="also ask each adapter to end the needle's own sentence"
     )
     parser.add_argument("--seed", type=int, default=NIAH_SEED, help="needle draw (default: the evaluation's needles)")
@@ -215,6 +225,10 @@ def main() -> None:
     args = parser.parse_args()
     if (args.refine_question or args.refine_by_ending) and not args.refine_steps:
         parser.error("--refine-question and --refine-by-ending need --refine-steps")
+    if args.refine_answer_words is not None and not (args.refine_question or args.refine_by_ending):
+        parser.error("--refine-answer-words needs --refine-question or --refine-by-ending")
+    count = args.refine_answer_words
+    words = "" if count is None else f", last {count} word{'s' if count != 1 else ''}"
     if args.threads:
         torch.set_num_threads(args.threads)
     engines = {}
@@ -238,10 +252,10 @@ def main() -> None:
     refined_reader = [f"{next(iter(engines))}, refined {args.refine_steps}"] if args.refine_steps else []
     readers += [(name, first, "refined") for name in refined_reader]
     if args.refine_question:
-        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question")
+        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question{words}")
         readers.append((refined_reader[-1], first, "refined for the question"))
     if args.refine_by_ending:
-        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} by ending")
+        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} by ending{words}")
         readers.append((refined_reader[-1], first, "refined by ending"))
     earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     for name, engine, mode in readers:
@@ -254,7 +268,11 @@ def main() -> None:
                 records = []  # answered by the earlier run
                 answers.update(reused)
             for record in records:
-                adapter = reader_adapter(engine, record, mode, args.refine_steps)
+                # The plain refined reader stays the baseline: other answer words are the others' alone.
+                answer_words = (
+                    args.refine_answer_words if mode in ("refined for the question", "refined by ending") else None
+                )
+                adapter = reader_adapter(engine, record, mode, args.refine_steps, answer_words)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
                 for beams in reader_widths:
                     if in_context:

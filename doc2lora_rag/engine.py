@@ -149,6 +149,7 @@ class Doc2LoRA:
         chunks: Sequence[int] | None = None,
         question: str | None = None,
         by_ending: bool = False,
+        answer_words: int | None = None,
     ) -> LoRAAdapter:
         """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
         gradient steps per chunk on completing the chunk's own sentences: seconds per chunk on
@@ -156,13 +157,23 @@ class Doc2LoRA:
         only these; the adapter's ``metadata["refined_chunks"]`` lists those refined so far.
         ``question``: the sentences that match it best are fitted at every step. ``by_ending``:
         a step fits at most one sentence of each ending, so sentences that end alike (filler,
-        boilerplate) do not crowd out one that ends its own way."""
+        boilerplate) do not crowd out one that ends its own way. ``answer_words``: how many of
+        a sentence's last words are its answer (default 2)."""
         from doc2lora_rag.training.refine import refine_adapter
 
         self.check_adapters(adapter)
         steps = steps if steps is not None else self.refine_steps or 10
         texts = self._checked_chunk_texts(adapter, text)
-        return refine_adapter(self, adapter, texts, steps=steps, chunks=chunks, question=question, by_ending=by_ending)
+        return refine_adapter(
+            self,
+            adapter,
+            texts,
+            steps=steps,
+            chunks=chunks,
+            question=question,
+            by_ending=by_ending,
+            answer_words=answer_words,
+        )
 
     @torch.inference_mode()
     def _read(self, texts: list[str], metadata: list[dict]) -> list[LoRAAdapter]:

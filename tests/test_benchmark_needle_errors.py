@@ -111,9 +111,12 @@ def test_the_by_ending_reader_refines_one_sentence_of_each_ending_a_step(tiny_en
 
     monkeypatch.setattr("doc2lora_rag.training.refine.refine_adapter", recording_refine)
     record = QARecord(context="The secret number of the red fox is 42277.", question="q", answer="42277")
-    needle_errors.reader_adapter(tiny_engine, record, "refined by ending", refine_steps=2)
+    needle_errors.reader_adapter(tiny_engine, record, "refined by ending", refine_steps=2, answer_words=1)
     needle_errors.reader_adapter(tiny_engine, record, "refined", refine_steps=2)
-    assert [(c["steps"], c["by_ending"], c["question"]) for c in calls] == [(2, True, None), (2, False, None)]
+    assert [(c["steps"], c["by_ending"], c["question"], c["answer_words"]) for c in calls] == [
+        (2, True, None, 1),
+        (2, False, None, None),
+    ]
 
 
 def test_reused_answers_are_the_earlier_runs_first_needles_and_only_for_the_same_needles() -> None:

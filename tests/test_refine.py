@@ -43,6 +43,19 @@ def test_sentence_endings_ask_for_the_last_two_words_of_each_long_sentence() -> 
     assert sentence_endings("Too short. Far too short.") == []
 
 
+def test_sentence_endings_take_as_many_last_words_as_asked() -> None:
+    text = "The secret number of the red fox is 42277."
+    assert sentence_endings(text) == [
+        ('How does this sentence of the document end? "The secret number of the red fox ..."', "is 42277")
+    ]
+    assert sentence_endings(text, answer_words=1) == [
+        ('How does this sentence of the document end? "The secret number of the red fox is ..."', "42277")
+    ]
+    engine = make_tiny_engine(source_layers="all")
+    with pytest.raises(ValueError, match="answer_words"):
+        refine_adapter(engine, engine.internalize(text), [text], steps=1, answer_words=0)
+
+
 def test_sentence_windows_bound_each_step_and_take_every_sentence_in_turn() -> None:
     assert sentence_windows(5, steps=10, per_step=8) == [[0, 1, 2, 3, 4]]
     windows = sentence_windows(47, steps=10, per_step=8)

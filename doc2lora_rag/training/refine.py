@@ -37,12 +37,13 @@ SENTENCES_PER_STEP = 10
 QUESTION_SENTENCES = 2
 
 
-def sentence_endings(text: str) -> list[tuple[str, str]]:
-    """One (question, answer) pair per sentence of at least five words: how does it end?"""
+def sentence_endings(text: str, answer_words: int = ANSWER_WORDS) -> list[tuple[str, str]]:
+    """One (question, answer) pair per sentence of at least five words: how does it end? The
+    answer is the sentence's last ``answer_words`` words."""
     pairs = []
     for sentence in split_sentences(text):
         words = sentence.split()
-        if len(words) >= 5 and (cloze := sentence_cloze(words, ANSWER_WORDS)) is not None:
+        if len(words) >= 5 and (cloze := sentence_cloze(words, answer_words)) is not None:
             pairs.append(cloze)
     return pairs
 
@@ -109,14 +110,18 @@ def refine_adapter(
     chunks: Sequence[int] | None = None,
     question: str | None = None,
     by_ending: bool = False,
+    answer_words: int | None = None,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
-    the sentences of ``chunk_texts[i]``, at most ``sentences_per_step`` per step; chunks
-    without a sentence of five words stay as made. ``chunks``: only these (default: all).
-    ``question``: fit the sentences that match it at every step. ``by_ending``: at most one
-    sentence of each ending per step (``ending_groups``)."""
+    the sentences of ``chunk_texts[i]`` (their last ``answer_words`` words, default 2), at most
+    ``sentences_per_step`` per step; chunks without a sentence of five words stay as made.
+    ``chunks``: only these (default: all). ``question``: fit the sentences that match it at
+    every step. ``by_ending``: at most one sentence of each ending per step (``ending_groups``)."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
+    answer_words = ANSWER_WORDS if answer_words is None else answer_words
+    if answer_words < 1:
+        raise ValueError(f"answer_words must be >= 1, not {answer_words}")
     if sentences_per_step < 1:
         raise ValueError(f"sentences_per_step must be >= 1, not {sentences_per_step}")
     if len(chunk_texts) != adapter.num_chunks:
@@ -135,7 +140,7 @@ def refine_adapter(
         for name, (a, b) in adapter.factors.items()
     }
     for chunk in chosen:
-        pairs = sentence_endings(chunk_texts[chunk])
+        pairs = sentence_endings(chunk_texts[chunk], answer_words)
         if not pairs:
             continue
         prompts = [question_prompt(tokenizer, question) for question, _ in pairs]
