@@ -107,7 +107,8 @@ DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda 
 
 def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0, answer_words: int | None = None):
     """What a reader answers with: nothing (in context), the haystack's adapter, the turned
-    haystack's, or the haystack's adapter refined, for the question or not."""
+    haystack's, or the haystack's adapter refined, in turn, for the question or by ending.
+    ``answer_words`` is for the last two: refined in turn stays the baseline, on two words."""
     if mode == "context":
         return None
     source = turned(record.context) if mode == "turned" else record.context
@@ -115,8 +116,9 @@ def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0, a
     if mode.startswith("refined"):
         question = record.question if mode == "refined for the question" else None
         by_ending = mode == "refined by ending"
+        words = None if mode == "refined" else answer_words
         return engine.refine(
-            adapter, source, steps=refine_steps, question=question, by_ending=by_ending, answer_words=answer_words
+            adapter, source, steps=refine_steps, question=question, by_ending=by_ending, answer_words=words
         )
     return adapter
 
@@ -268,12 +270,9 @@ def main() -> None:
                 records = []  # answered by the earlier run
                 answers.update(reused)
             for record in records:
-                # The plain refined reader stays the baseline: other answer words are the others' alone.
-                answer_words = (
-                    args.refine_answer_words if mode in ("refined for the question", "refined by ending") else None
-                )
-                adapter = reader_adapter(engine, record, mode, args.refine_steps, answer_words)
+                adapter = reader_adapter(engine, record, mode, args.refine_steps, args.refine_answer_words)
                 numbers = re.findall(r"\d+", record.context)  # the filler holds none
+                ending = sentence_end_question(record) if args.sentence_end and not in_context else None
                 for beams in reader_widths:
                     if in_context:
                         # It answers in a sentence ("The secret number of ... is ..."), not a bare number.
@@ -281,9 +280,9 @@ def main() -> None:
                     else:
                         given = answer(engine, record.question, adapter, beams)
                     keep_answer(answers, f"{name} beams={beams} tokens={length}", record, given, numbers)
-                    if args.sentence_end and not in_context:
+                    if ending is not None:
                         # Room for a sentence restated whole before its number.
-                        ended = answer(engine, sentence_end_question(record), adapter, beams, max_new_tokens=24)
+                        ended = answer(engine, ending, adapter, beams, max_new_tokens=24)
                         keep_answer(
                             answers, f"{name}, {SENTENCE_END} beams={beams} tokens={length}", record, ended, numbers
                         )
