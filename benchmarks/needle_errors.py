@@ -50,7 +50,9 @@ but the first from an earlier ``--json-out`` of the same seed and lengths that h
 (the first needles of a draw are those of any longer draw), so that a new reader is paired
 with an old one without paying for the old one again; the first reader is answered again, and
 how many of its answers repeat the earlier run's word for word is printed as the check that
-the two runs read the same needles the same way.
+the two runs read the same needles the same way. ``--json-out`` is written after each reader
+too, so a run cut short resumes with ``--reuse`` of its own file, paying again only for the
+reader it was in.
 """
 
 from __future__ import annotations
@@ -286,6 +288,8 @@ def main() -> None:
                         keep_answer(
                             answers, f"{name}, {SENTENCE_END} beams={beams} tokens={length}", record, ended, numbers
                         )
+        if args.json_out:  # what is answered so far, for --reuse should the run be cut short
+            args.json_out.write_text(json.dumps(answers, indent=1))
     for key, needles in answers.items():  # each reader's rows, its sentence-end reading beside it
         name, beams, length = re.fullmatch(r"(.*) beams=(\d+) tokens=(\d+)", key).groups()
         table.add_row(name, beams, length, *kind_shares(needles))

@@ -4,6 +4,8 @@ library does (at width 1 it gives the greedy answer)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,35 @@ def test_answers_are_kept_with_their_kind_and_tabled_as_shares_of_each_kind() ->
     assert [n["kind"] for n in needles] == ["exact", "reordered", "one edit", "other"]
     assert all(n["number"] == "42277" for n in needles)
     assert needle_errors.kind_shares(needles) == ["0.25", "0.00", "0.25", "0.25", "0.25"]  # another key's: none
+
+
+def test_a_run_cut_short_keeps_its_finished_readers_and_resumes_from_them(tiny_engine, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(needle_errors.Doc2LoRA, "from_pretrained", lambda **_: tiny_engine)
+    out = tmp_path / "needles.json"
+    argv = ["needle_errors.py", "--lengths", "200", "--count", "2", "--refine-steps", "1", "--json-out", str(out)]
+    read, modes = needle_errors.reader_adapter, []
+
+    def cut_at_refinement(engine, record, mode, *args):
+        if mode == "refined":
+            raise KeyboardInterrupt
+        return read(engine, record, mode, *args)
+
+    monkeypatch.setattr(needle_errors, "reader_adapter", cut_at_refinement)
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        needle_errors.main()
+    kept = json.loads(out.read_text())
+    assert list(kept) == ["shipped beams=1 tokens=200"] and len(kept["shipped beams=1 tokens=200"]) == 2
+
+    def recording(engine, record, mode, *args):
+        modes.append(mode)
+        return read(engine, record, mode, *args)
+
+    monkeypatch.setattr(needle_errors, "reader_adapter", recording)
+    monkeypatch.setattr("sys.argv", [*argv, "--reuse", str(out)])
+    needle_errors.main()
+    # The first reader is answered again as the check; the refined reader only now.
+    assert modes == ["adapter", "adapter", "refined", "refined"]
+    resumed = json.loads(out.read_text())
+    assert resumed["shipped beams=1 tokens=200"] == kept["shipped beams=1 tokens=200"]
+    assert len(resumed["shipped, refined 1 beams=1 tokens=200"]) == 2
