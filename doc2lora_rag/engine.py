@@ -47,9 +47,13 @@ class Doc2LoRA:
         max_chars: int = MAX_DOCUMENT_CHARS,
         chunking: str = DEFAULT_CHUNKING,
         refine_steps: int = 0,
+        refine_by_ending: bool = False,
+        refine_answer_words: int | None = None,
     ):
         if refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, not {refine_steps}")
+        if refine_answer_words is not None and refine_answer_words < 1:
+            raise ValueError(f"refine_answer_words must be >= 1, not {refine_answer_words}")
         self.base = base
         self.fingerprint = model_fingerprint(base.model)
         if hypernet.config.base_fingerprint != self.fingerprint:
@@ -66,6 +70,9 @@ class Doc2LoRA:
         # Gradient steps on each new adapter after the hypernetwork wrote it (0: none), fitting
         # it to the document's own sentences for seconds per chunk (training/refine.py).
         self.refine_steps = refine_steps
+        # How every refinement of this engine fits sentences unless a call says otherwise (``refine``).
+        self.refine_by_ending = refine_by_ending
+        self.refine_answer_words = refine_answer_words
         self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting
         # means tokenising the whole document, a tenth of answering at 32K tokens.
@@ -81,12 +88,15 @@ class Doc2LoRA:
         dtype: torch.dtype | None = None,
         chunking: str = DEFAULT_CHUNKING,
         refine_steps: int = 0,
+        refine_by_ending: bool = False,
+        refine_answer_words: int | None = None,
         **hypernet_options,
     ) -> Doc2LoRA:
         """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
         hypernetwork (or a fresh, untrained one where none fits, with a warning). ``chunking``
         says where a long document's chunks end (``"sentences"`` or ``"tokens"``);
-        ``refine_steps`` refines every new adapter by that many gradient steps (``refine``)."""
+        ``refine_steps`` refines every new adapter by that many gradient steps; ``refine_by_ending``
+        and ``refine_answer_words`` are how every refinement fits its sentences (``refine``)."""
         base = (
             base_model if isinstance(base_model, BaseModel) else load_base_model(base_model, device=device, dtype=dtype)
         )
@@ -105,7 +115,14 @@ class Doc2LoRA:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 network = HyperNetwork(HypernetConfig.for_base_model(base, **hypernet_options))
-        return cls(base, network, chunking=chunking, refine_steps=refine_steps)
+        return cls(
+            base,
+            network,
+            chunking=chunking,
+            refine_steps=refine_steps,
+            refine_by_ending=refine_by_ending,
+            refine_answer_words=refine_answer_words,
+        )
 
     @property
     def model(self):
@@ -148,7 +165,7 @@ class Doc2LoRA:
         steps: int | None = None,
         chunks: Sequence[int] | None = None,
         question: str | None = None,
-        by_ending: bool = False,
+        by_ending: bool | None = None,
         answer_words: int | None = None,
     ) -> LoRAAdapter:
         """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
@@ -158,7 +175,8 @@ class Doc2LoRA:
         ``question``: the sentences that match it best are fitted at every step. ``by_ending``:
         a step fits at most one sentence of each ending, so sentences that end alike (filler,
         boilerplate) do not crowd out one that ends its own way. ``answer_words``: how many of
-        a sentence's last words are its answer (default 2)."""
+        a sentence's last words are its answer (default 2). Both default to the engine's
+        ``refine_by_ending`` and ``refine_answer_words``, so the index refines that way too."""
         from doc2lora_rag.training.refine import refine_adapter
 
         self.check_adapters(adapter)
@@ -171,8 +189,8 @@ class Doc2LoRA:
             steps=steps,
             chunks=chunks,
             question=question,
-            by_ending=by_ending,
-            answer_words=answer_words,
+            by_ending=self.refine_by_ending if by_ending is None else by_ending,
+            answer_words=self.refine_answer_words if answer_words is None else answer_words,
         )
 
     @torch.inference_mode()

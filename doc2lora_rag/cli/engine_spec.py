@@ -29,8 +29,8 @@ class EngineLoadError(Doc2LoRAError):
 class EngineSpec:
     """Where the engine comes from: a base model (HF id or folder; None = embedded default),
     a hypernetwork folder (None = shipped, or fresh where none fits), device and threads, the
-    longest document it reads (None = the engine's default), and the refinement steps it gives
-    each new adapter (0 = none)."""
+    longest document it reads (None = the engine's default), the refinement steps it gives
+    each new adapter (0 = none), and how it refines (``Doc2LoRA.refine``)."""
 
     base_model: str | None = None
     hypernet: str | None = None
@@ -38,14 +38,20 @@ class EngineSpec:
     threads: int | None = None
     max_chars: int | None = None
     refine_steps: int = 0
+    refine_by_ending: bool = False
+    refine_answer_words: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
-        keys = ("base_model", "hypernet", "device", "threads", "max_chars")
-        return cls(**{k: data.get(k) for k in keys}, refine_steps=data.get("refine_steps") or 0)
+        keys = ("base_model", "hypernet", "device", "threads", "max_chars", "refine_answer_words")
+        return cls(
+            **{k: data.get(k) for k in keys},
+            refine_steps=data.get("refine_steps") or 0,
+            refine_by_ending=bool(data.get("refine_by_ending")),
+        )
 
     @classmethod
     def resolve(
@@ -78,6 +84,8 @@ class EngineSpec:
                     base_model=self.base_model,
                     device=self.device,
                     refine_steps=self.refine_steps,
+                    refine_by_ending=self.refine_by_ending,
+                    refine_answer_words=self.refine_answer_words,
                 )
             except Doc2LoRAError:
                 raise

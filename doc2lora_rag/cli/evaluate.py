@@ -14,6 +14,7 @@ from rich.table import Table
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.errors import CommandError, user_errors
+from doc2lora_rag.cli.options import RefineAnswerWordsOption, RefineByEndingOption
 
 console = Console()
 
@@ -47,6 +48,8 @@ def evaluate(
     refine_steps: Annotated[
         int, typer.Option(help="also score adapters refined by this many steps per chunk (0: skip)", min=0)
     ] = 0,
+    refine_by_ending: RefineByEndingOption = False,
+    refine_answer_words: RefineAnswerWordsOption = None,
     general_docs: Annotated[
         int,
         typer.Option(help="general-knowledge questions with the adapters of this many evaluated documents (0: skip)"),
@@ -71,7 +74,13 @@ def evaluate(
     with user_errors():  # every input is checked before the model loads and hours of scoring start
         lengths = _niah_lengths(niah)
         sources = [_eval_records(item, limit) for item in data or []]
-        engine = Doc2LoRA.from_pretrained(hypernet=hypernet, base_model=base_model, chunking=chunking)
+        engine = Doc2LoRA.from_pretrained(
+            hypernet=hypernet,
+            base_model=base_model,
+            chunking=chunking,
+            refine_by_ending=refine_by_ending,
+            refine_answer_words=refine_answer_words,
+        )
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["refined_adapter", "unrelated_refined"] if refine_steps else []
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
@@ -79,6 +88,8 @@ def evaluate(
         "hypernet": hypernet or "shipped default",
         "base_model": engine.base.name,
         "chunking": chunking,
+        "refine_by_ending": refine_by_ending,
+        "refine_answer_words": refine_answer_words,
         "qa": {},
         "niah": {},
     }

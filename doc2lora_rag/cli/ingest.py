@@ -25,6 +25,8 @@ from doc2lora_rag.cli.options import (
     JsonOption,
     MaxCharsOption,
     ProgressOption,
+    RefineAnswerWordsOption,
+    RefineByEndingOption,
     StoreOption,
     ThreadsOption,
 )
@@ -57,6 +59,8 @@ def ingest(
             min=0, help="gradient steps per chunk on each new adapter: better recall, seconds per chunk (0: none)"
         ),
     ] = 0,
+    refine_by_ending: RefineByEndingOption = False,
+    refine_answer_words: RefineAnswerWordsOption = None,
     rescan: Annotated[
         bool, typer.Option("--rescan", help="read every file even when its size and time are unchanged")
     ] = False,
@@ -102,7 +106,14 @@ def ingest(
 
     def make_builder() -> Builder:
         spec = EngineSpec.resolve(
-            opened, base_model, hypernet, threads=threads, max_chars=max_chars, refine_steps=refine_steps
+            opened,
+            base_model,
+            hypernet,
+            threads=threads,
+            max_chars=max_chars,
+            refine_steps=refine_steps,
+            refine_by_ending=refine_by_ending,
+            refine_answer_words=refine_answer_words,
         )
         if ray:
             from doc2lora_rag.cli.ray_ingest import RayBuilder

@@ -38,6 +38,15 @@ ProgressOption = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+RefineByEndingOption = Annotated[
+    bool,
+    typer.Option(
+        "--refine-by-ending", help="refinement fits at most one sentence of each ending per step (docs/engine.md)"
+    ),
+]
+RefineAnswerWordsOption = Annotated[
+    int | None, typer.Option(min=1, help="refinement fits this many of a sentence's last words (default: 2)")
+]
 
 
 def open_store(path: Path | None, *, create: bool) -> AdapterStore:

@@ -24,6 +24,8 @@ from doc2lora_rag.cli.options import (
     HypernetOption,
     JsonOption,
     ProgressOption,
+    RefineAnswerWordsOption,
+    RefineByEndingOption,
     StoreOption,
     ThreadsOption,
     open_store,
@@ -44,6 +46,8 @@ def refine(
     max_chunks: Annotated[
         int, typer.Option(min=1, help="chunks a long document answers a --question with, as in ask")
     ] = 3,
+    refine_by_ending: RefineByEndingOption = False,
+    refine_answer_words: RefineAnswerWordsOption = None,
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
     threads: ThreadsOption = None,
@@ -62,7 +66,14 @@ def refine(
         adapters = open_store(store, create=False)
         try:
             chosen = resolve_ids(adapters, ids) if ids else adapters.ids()
-            spec = EngineSpec.resolve(adapters, base_model, hypernet, threads=threads)
+            spec = EngineSpec.resolve(
+                adapters,
+                base_model,
+                hypernet,
+                threads=threads,
+                refine_by_ending=refine_by_ending,
+                refine_answer_words=refine_answer_words,
+            )
             index = Doc2LoRAIndex(adapters, spec.load(warn), max_chunks=max_chunks)
             show = (err.is_terminal if progress is None else progress) and not json_output
             changed = []

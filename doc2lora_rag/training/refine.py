@@ -116,7 +116,8 @@ def refine_adapter(
     the sentences of ``chunk_texts[i]`` (their last ``answer_words`` words, default 2), at most
     ``sentences_per_step`` per step; chunks without a sentence of five words stay as made.
     ``chunks``: only these (default: all). ``question``: fit the sentences that match it at
-    every step. ``by_ending``: at most one sentence of each ending per step (``ending_groups``)."""
+    every step. ``by_ending``: at most one sentence of each ending per step (``ending_groups``).
+    The metadata says how the last refinement went and which chunks are refined so far."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
     answer_words = ANSWER_WORDS if answer_words is None else answer_words
@@ -169,7 +170,9 @@ def refine_adapter(
             kept_a[:, block] = a.detach().to(kept_a.device, kept_a.dtype)
             kept_b[:, :, block] = b.detach().to(kept_b.device, kept_b.dtype)
     done = sorted(adapter.refined_chunks | set(chosen))
-    return adapter._replace(factors=fitted).tagged(refine_steps=steps, refined_chunks=done)
+    return adapter._replace(factors=fitted).tagged(
+        refine_steps=steps, refine_by_ending=by_ending, refine_answer_words=answer_words, refined_chunks=done
+    )
 
 
 def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
