@@ -109,8 +109,9 @@ DIGIT_GROUPS = {"doubled digit": has_repeated_digit, "no doubled digit": lambda 
 
 def reader_adapter(engine: Doc2LoRA, record, mode: str, refine_steps: int = 0, answer_words: int | None = None):
     """What a reader answers with: nothing (in context), the haystack's adapter, the turned
-    haystack's, or the haystack's adapter refined, in turn, for the question or by ending.
-    ``answer_words`` is for the last two: refined in turn stays the baseline, on two words."""
+    haystack's, or the haystack's adapter refined: in turn, for the question, by ending, or in turn
+    on ``answer_words``. ``answer_words`` is for all but the first: refined in turn stays the
+    baseline, on two words."""
     if mode == "context":
         return None
     source = turned(record.context) if mode == "turned" else record.context
@@ -214,10 +215,15 @@ def main() -> None:
         help="with --refine-steps: also refine one sentence per ending a step",
     )
     parser.add_argument(
+        "--refine-in-turn",
+        action="store_true",
+        help="with --refine-steps: also refine in turn on --refine-answer-words words",
+    )
+    parser.add_argument(
         "--refine-answer-words",
         type=int,
         default=None,
-        help="the last words of a sentence that --refine-question and --refine-by-ending fit (default 2)",
+        help="the last words of a sentence the refined variants fit (default 2)",
     )
     parser.add_argument(
         "--sentence-end", action="store_true", help="also ask each adapter to end the needle's own sentence"
@@ -227,10 +233,11 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None, help="an earlier --json-out of the same needles")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
-    if (args.refine_question or args.refine_by_ending) and not args.refine_steps:
-        parser.error("--refine-question and --refine-by-ending need --refine-steps")
-    if args.refine_answer_words is not None and not (args.refine_question or args.refine_by_ending):
-        parser.error("--refine-answer-words needs --refine-question or --refine-by-ending")
+    variants = args.refine_question or args.refine_by_ending or args.refine_in_turn
+    if variants and not args.refine_steps:
+        parser.error("--refine-question, --refine-by-ending and --refine-in-turn need --refine-steps")
+    if args.refine_answer_words is not None and not variants:
+        parser.error("--refine-answer-words needs --refine-question, --refine-by-ending or --refine-in-turn")
     count = args.refine_answer_words
     words = "" if count is None else f", last {count} word{'s' if count != 1 else ''}"
     if args.threads:
@@ -261,6 +268,9 @@ def main() -> None:
     if args.refine_by_ending:
         refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} by ending{words}")
         readers.append((refined_reader[-1], first, "refined by ending"))
+    if args.refine_in_turn:
+        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} in turn{words}")
+        readers.append((refined_reader[-1], first, "refined in turn on words"))
     earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     for name, engine, mode in readers:
         in_context = mode == "context"

@@ -104,7 +104,7 @@ def test_readers_answer_with_the_haystack_its_turned_copy_or_its_refined_adapter
         assert torch.equal(a, again.factors[name][0]) and torch.equal(b, again.factors[name][1])
 
 
-def test_the_by_ending_reader_refines_one_sentence_of_each_ending_a_step(tiny_engine, monkeypatch) -> None:
+def test_each_refined_reader_refines_by_its_grouping_and_answer_words(tiny_engine, monkeypatch) -> None:
     calls = []
 
     def recording_refine(engine, adapter, texts, **options):
@@ -114,10 +114,12 @@ def test_the_by_ending_reader_refines_one_sentence_of_each_ending_a_step(tiny_en
     monkeypatch.setattr("doc2lora_rag.training.refine.refine_adapter", recording_refine)
     record = QARecord(context="The secret number of the red fox is 42277.", question="q", answer="42277")
     needle_errors.reader_adapter(tiny_engine, record, "refined by ending", refine_steps=2, answer_words=1)
-    needle_errors.reader_adapter(tiny_engine, record, "refined", refine_steps=2)
+    needle_errors.reader_adapter(tiny_engine, record, "refined", refine_steps=2, answer_words=1)
+    needle_errors.reader_adapter(tiny_engine, record, "refined in turn on words", refine_steps=2, answer_words=1)
     assert [(c["steps"], c["by_ending"], c["question"], c["answer_words"]) for c in calls] == [
         (2, True, None, 1),
         (2, False, None, None),
+        (2, False, None, 1),
     ]
 
 
