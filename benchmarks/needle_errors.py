@@ -238,6 +238,8 @@ def main() -> None:
         parser.error("--refine-question, --refine-by-ending and --refine-in-turn need --refine-steps")
     if args.refine_answer_words is not None and not variants:
         parser.error("--refine-answer-words needs --refine-question, --refine-by-ending or --refine-in-turn")
+    if args.refine_in_turn and args.refine_answer_words is None:
+        parser.error("--refine-in-turn needs --refine-answer-words: on two words it is the refined reader")
     count = args.refine_answer_words
     words = "" if count is None else f", last {count} word{'s' if count != 1 else ''}"
     if args.threads:
