@@ -114,6 +114,7 @@ def test_eval_runs_context_distillation_on_a_subset_beside_the_adapter(tiny_mode
     [
         (["--niah", "256,abc"], "--niah takes comma-separated token counts"),
         (["--data", "synthetic:abc"], "cannot read eval data 'synthetic:abc'"),
+        (["--data", "synthetic:4:abc"], "cannot read eval data 'synthetic:4:abc'"),
         (["--data", "jsonl:/nowhere/qa.jsonl"], "no such file or directory"),
     ],
 )
@@ -180,3 +181,14 @@ def test_eval_refines_the_way_it_is_told_and_records_it(tiny_model_dir: Path, tm
     assert styles and set(styles) == {(True, 1)}
     results = json.loads(numbers.read_text())
     assert (results["refine_by_ending"], results["refine_answer_words"]) == (True, 1)
+
+
+def test_eval_draws_other_fact_documents_by_seed_under_another_name() -> None:
+    from doc2lora_rag.cli.evaluate import _eval_records
+
+    name, held_out = _eval_records("synthetic:6", 6)
+    again_name, again = _eval_records("synthetic:6:987654", 6)
+    other_name, other = _eval_records("synthetic:6:31337", 6)
+    assert (name, len(held_out), len(other)) == ("synthetic-heldout", 6, 6)
+    assert again == held_out and again_name == "synthetic-seed987654"
+    assert other_name == "synthetic-seed31337" and not {r.context for r in other} & {r.context for r in held_out}

@@ -25,7 +25,7 @@ def evaluate(
     base_model: Annotated[str | None, typer.Option(help="HF model id or folder; default: embedded SmolLM2")] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option(help="squad:PATH (validation articles), jsonl:PATH, or synthetic:N (fresh fact documents)"),
+        typer.Option(help="squad:PATH (validation articles), jsonl:PATH, or synthetic:N[:SEED] (fresh fact documents)"),
     ] = None,
     limit: Annotated[int, typer.Option(help="questions per data source")] = 100,
     niah: Annotated[str, typer.Option(help="comma-separated haystack lengths in tokens; empty to skip")] = "",
@@ -169,8 +169,11 @@ def _eval_records(item: str, limit: int):
         if kind == "jsonl":
             return Path(arg).stem, jsonl_records(arg)[:limit]
         if kind == "synthetic":
-            # A seed no training config uses, so these documents are new to the hypernetwork.
-            return "synthetic-heldout", synthetic_fact_records(int(arg or limit), seed=987654)[:limit]
+            # A seed no training config uses, so these documents are new to the hypernetwork;
+            # synthetic:N:SEED draws others, to check a finding on documents it was not found on.
+            count, _, seed = arg.partition(":")
+            name = f"synthetic-seed{int(seed)}" if seed else "synthetic-heldout"
+            return name, synthetic_fact_records(int(count or limit), seed=int(seed or 987654))[:limit]
     except (ValueError, KeyError, TypeError) as error:  # malformed JSON, a missing field, synthetic:abc
         raise CommandError(f"cannot read eval data {item!r}: {error}") from error
     raise typer.BadParameter(f"unknown eval data {item!r}")
