@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quote-words", type=int, default=3, help="words of a sentence quoted; the rest is fitted")
     args = parser.parse_args(ours)
-    if "--refine-steps" not in rest:
+    given = {option.split("=")[0] for option in rest if option.startswith("--")}
+    if "--refine-steps" not in given:
         parser.error("pass doc2lora eval options after --, --refine-steps among them: nothing is refined without")
-    if "--refine-answer-words" in rest:
+    if "--refine-answer-words" in given:
         parser.error("--refine-answer-words has no say here: --quote-words sets what is fitted")
     refine.sentence_endings = whole_sentences(args.quote_words)
     app(["eval", *rest])

@@ -46,10 +46,24 @@ def test_refinement_fits_what_the_stand_in_gives(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--quote-words", "3"], ["--", "--limit", "4"], ["--", "--refine-steps", "2", "--refine-answer-words", "1"]],
+    [
+        ["--quote-words", "3"],
+        ["--", "--limit", "4"],
+        ["--", "--refine-steps", "2", "--refine-answer-words", "1"],
+        ["--", "--refine-steps=2", "--refine-answer-words=1"],
+    ],
 )
 def test_it_refuses_a_run_without_refinement_or_with_a_word_count_it_would_ignore(argv, monkeypatch) -> None:
     monkeypatch.setattr(whole, "app", lambda args: pytest.fail("the evaluation must not start"))
     monkeypatch.setattr(refine, "sentence_endings", refine.sentence_endings)  # restored if it were patched
     with pytest.raises(SystemExit):
         whole.main(argv)
+
+
+def test_it_runs_the_evaluation_with_its_options_however_they_are_spelt(monkeypatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(whole, "app", ran.append)
+    monkeypatch.setattr(refine, "sentence_endings", refine.sentence_endings)  # put back after the test
+    whole.main(["--quote-words", "4", "--", "--data", "synthetic:2", "--refine-steps=3"])
+    assert ran == [["eval", "--data", "synthetic:2", "--refine-steps=3"]]
+    assert refine.sentence_endings(FACTS)[0][1] == "in 1923 by Ana Kor"
