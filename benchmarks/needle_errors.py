@@ -264,15 +264,14 @@ def main() -> None:
     readers += [(name, first, "turned") for name in turned_reader]
     refined_reader = [f"{next(iter(engines))}, refined {args.refine_steps}"] if args.refine_steps else []
     readers += [(name, first, "refined") for name in refined_reader]
-    if args.refine_question:
-        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} for the question{words}")
-        readers.append((refined_reader[-1], first, "refined for the question"))
-    if args.refine_by_ending:
-        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} by ending{words}")
-        readers.append((refined_reader[-1], first, "refined by ending"))
-    if args.refine_in_turn:
-        refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} in turn{words}")
-        readers.append((refined_reader[-1], first, "refined in turn on words"))
+    for wanted, how, mode in (
+        (args.refine_question, "for the question", "refined for the question"),
+        (args.refine_by_ending, "by ending", "refined by ending"),
+        (args.refine_in_turn, "in turn", "refined in turn on words"),
+    ):
+        if wanted:
+            refined_reader.append(f"{next(iter(engines))}, refined {args.refine_steps} {how}{words}")
+            readers.append((refined_reader[-1], first, mode))
     earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     for name, engine, mode in readers:
         in_context = mode == "context"

@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable
 
 from doc2lora_rag.cli import app
-from doc2lora_rag.hypernetwork.chunking import split_sentences
 from doc2lora_rag.training import refine
 from doc2lora_rag.training.data import sentence_cloze
 
@@ -33,13 +32,11 @@ def whole_sentences(quote_words: int) -> Callable[..., list[tuple[str, str]]]:
         raise ValueError(f"quote_words must be >= 1, not {quote_words}")
 
     def endings(text: str, answer_words: int = refine.ANSWER_WORDS) -> list[tuple[str, str]]:
-        pairs = []
-        for sentence in split_sentences(text):
-            words = sentence.split()
-            cut = len(words) - quote_words
-            if len(words) >= 5 and cut >= 1 and (cloze := sentence_cloze(words, cut)) is not None:
-                pairs.append(cloze)
-        return pairs
+        return [
+            cloze
+            for words in refine.long_sentences(text)
+            if len(words) > quote_words and (cloze := sentence_cloze(words, len(words) - quote_words)) is not None
+        ]
 
     return endings
 

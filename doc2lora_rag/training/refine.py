@@ -37,15 +37,15 @@ SENTENCES_PER_STEP = 10
 QUESTION_SENTENCES = 2
 
 
+def long_sentences(text: str) -> list[list[str]]:
+    """The words of each sentence refinement fits: those of at least five words."""
+    return [words for sentence in split_sentences(text) if len(words := sentence.split()) >= 5]
+
+
 def sentence_endings(text: str, answer_words: int = ANSWER_WORDS) -> list[tuple[str, str]]:
     """One (question, answer) pair per sentence of at least five words: how does it end? The
     answer is the sentence's last ``answer_words`` words."""
-    pairs = []
-    for sentence in split_sentences(text):
-        words = sentence.split()
-        if len(words) >= 5 and (cloze := sentence_cloze(words, answer_words)) is not None:
-            pairs.append(cloze)
-    return pairs
+    return [cloze for words in long_sentences(text) if (cloze := sentence_cloze(words, answer_words)) is not None]
 
 
 def ending_groups(pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
