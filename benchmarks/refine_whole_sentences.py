@@ -1,17 +1,24 @@
-"""Refinement on whole sentences: the held-out evaluation with refinement fitting every word of
-a sentence after its first few, instead of its last two.
+"""Refinement on whole sentences, and two variants of it: the held-out evaluation with
+refinement fitting every word of a sentence after its first few, instead of its last two.
 
-    python benchmarks/refine_whole_sentences.py [--quote-words 3] -- EVAL OPTIONS...
+    python benchmarks/refine_whole_sentences.py [--quote-words 3] [--span-words K] [--open-ended] -- EVAL OPTIONS...
 
 Refinement (``training/refine.py``) quotes a sentence up to its last two words and fits those
 two, so a fact in the middle of a sentence ("X was founded in 1923 by Ana Kor") is only ever
 in the quote, never in what is fitted. This runs ``doc2lora eval`` with the options after
-``--`` and every refinement fitting instead the rest of each sentence after its first
-``--quote-words`` words, the same sentences (five words or more) in the same steps; a
-five-word sentence quoted by three words is fitted as before. Compare its ``--json-out`` with
-an evaluation of the same options without it (``doc2lora compare``): the unrefined rows are
-the same question for question, so the refined rows differ by the target alone.
-docs/engine.md ("Fitting whole sentences") has the result.
+``--`` and refinement fitting instead the rest of each sentence after its first
+``--quote-words`` words (``--refine-quote-words``, the same sentences in the same steps).
+Compare its ``--json-out`` with an evaluation of the same options without it (``doc2lora
+compare``): the unrefined rows are the same question for question, so the refined rows differ
+by the target alone. Two variants that the library does not offer:
+
+- ``--span-words K`` fits the same words in short pieces: every ``K`` words after the first
+  ``--quote-words``, each as its own cloze quoting the sentence up to it (the last piece is
+  the sentence's ending), so that no answer fitted is longer than ``K`` words;
+- ``--open-ended`` leaves the end of turn out of what is fitted, so that fitting twenty words
+  of a sentence does not also teach the adapter to answer in twenty words.
+
+docs/engine.md ("Fitting whole sentences") has the results.
 """
 
 from __future__ import annotations
@@ -23,22 +30,33 @@ from collections.abc import Callable
 from doc2lora_rag.cli import app
 from doc2lora_rag.training import refine
 from doc2lora_rag.training.data import sentence_cloze
+from doc2lora_rag.training.teacher import Target
 
 
-def whole_sentences(quote_words: int) -> Callable[..., list[tuple[str, str]]]:
-    """A stand-in for ``refine.sentence_endings``: the same sentences, each quoted by its first
-    ``quote_words`` words and answered by the rest (its last 24 words quoted when longer)."""
-    if quote_words < 1:
-        raise ValueError(f"quote_words must be >= 1, not {quote_words}")
+def sentence_spans(quote_words: int, span_words: int) -> Callable[..., list[tuple[str, str]]]:
+    """A stand-in for ``refine.sentence_endings``: the same sentences, each cut after its first
+    ``quote_words`` words into pieces of ``span_words`` (the first piece the shortest), and one
+    cloze per piece, quoting the sentence up to it; sentence by sentence, front to back."""
+    if quote_words < 1 or span_words < 1:
+        raise ValueError(f"quote_words and span_words must be >= 1, not {quote_words} and {span_words}")
 
-    def endings(text: str, answer_words: int = refine.ANSWER_WORDS) -> list[tuple[str, str]]:
-        return [
-            cloze
-            for words in refine.long_sentences(text)
-            if len(words) > quote_words and (cloze := sentence_cloze(words, len(words) - quote_words)) is not None
-        ]
+    def spans(text: str, answer_words: int = refine.ANSWER_WORDS) -> list[tuple[str, str]]:
+        pairs = []
+        for words in refine.long_sentences(text):
+            ends = range(len(words), quote_words, -span_words)
+            pieces = [sentence_cloze(words[:end], min(span_words, end - quote_words)) for end in reversed(ends)]
+            pairs.extend(piece for piece in pieces if piece is not None)
+        return pairs
 
-    return endings
+    return spans
+
+
+class OpenEndedTarget(Target):
+    """A stand-in for refinement's ``Target``: a known answer without the end of turn."""
+
+    @classmethod
+    def for_answer(cls, tokenizer, answer: str, top_k: int = 1) -> Target:
+        return cls.gold(tokenizer.encode(answer, add_special_tokens=False), top_k)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,14 +64,23 @@ def main(argv: list[str] | None = None) -> None:
     ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quote-words", type=int, default=3, help="words of a sentence quoted; the rest is fitted")
+    parser.add_argument("--span-words", type=int, help="fit the rest in pieces of this many words, one cloze each")
+    parser.add_argument("--open-ended", action="store_true", help="fit the words without the end of turn after them")
     args = parser.parse_args(ours)
     given = {option.split("=")[0] for option in rest if option.startswith("--")}
     if "--refine-steps" not in given:
         parser.error("pass doc2lora eval options after --, --refine-steps among them: nothing is refined without")
-    if "--refine-answer-words" in given:
-        parser.error("--refine-answer-words has no say here: --quote-words sets what is fitted")
-    refine.sentence_endings = whole_sentences(args.quote_words)
-    app(["eval", *rest])
+    for option in ("--refine-answer-words", "--refine-quote-words"):
+        if option in given:
+            parser.error(f"{option} has no say here: --quote-words and --span-words set what is fitted")
+    if args.span_words is None:
+        target = ["--refine-quote-words", str(args.quote_words)]
+    else:  # pieces stand in for refinement's sentence endings
+        refine.sentence_endings = sentence_spans(args.quote_words, args.span_words)
+        target = []
+    if args.open_ended:
+        refine.Target = OpenEndedTarget
+    app(["eval", *rest, *target])
 
 
 if __name__ == "__main__":

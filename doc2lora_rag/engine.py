@@ -49,11 +49,15 @@ class Doc2LoRA:
         refine_steps: int = 0,
         refine_by_ending: bool = False,
         refine_answer_words: int | None = None,
+        refine_quote_words: int | None = None,
     ):
         if refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, not {refine_steps}")
-        if refine_answer_words is not None and refine_answer_words < 1:
-            raise ValueError(f"refine_answer_words must be >= 1, not {refine_answer_words}")
+        for name, value in (("refine_answer_words", refine_answer_words), ("refine_quote_words", refine_quote_words)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, not {value}")
+        if refine_answer_words is not None and refine_quote_words is not None:
+            raise ValueError("give refine_answer_words or refine_quote_words, not both: they are two targets")
         self.base = base
         self.fingerprint = model_fingerprint(base.model)
         if hypernet.config.base_fingerprint != self.fingerprint:
@@ -73,6 +77,7 @@ class Doc2LoRA:
         # How every refinement of this engine fits sentences unless a call says otherwise (``refine``).
         self.refine_by_ending = refine_by_ending
         self.refine_answer_words = refine_answer_words
+        self.refine_quote_words = refine_quote_words
         self.reading_dtype = reading_dtype(base.model)
         # A long document's chunk texts, kept for the next question to it (``focus``): splitting
         # means tokenising the whole document, a tenth of answering at 32K tokens.
@@ -90,13 +95,15 @@ class Doc2LoRA:
         refine_steps: int = 0,
         refine_by_ending: bool = False,
         refine_answer_words: int | None = None,
+        refine_quote_words: int | None = None,
         **hypernet_options,
     ) -> Doc2LoRA:
         """Load the engine. ``None`` picks the embedded SmolLM2 default and its shipped
         hypernetwork (or a fresh, untrained one where none fits, with a warning). ``chunking``
         says where a long document's chunks end (``"sentences"`` or ``"tokens"``);
-        ``refine_steps`` refines every new adapter by that many gradient steps; ``refine_by_ending``
-        and ``refine_answer_words`` are how every refinement fits its sentences (``refine``)."""
+        ``refine_steps`` refines every new adapter by that many gradient steps; ``refine_by_ending``,
+        ``refine_answer_words`` and ``refine_quote_words`` are how every refinement fits its
+        sentences (``refine``)."""
         base = (
             base_model if isinstance(base_model, BaseModel) else load_base_model(base_model, device=device, dtype=dtype)
         )
@@ -122,6 +129,7 @@ class Doc2LoRA:
             refine_steps=refine_steps,
             refine_by_ending=refine_by_ending,
             refine_answer_words=refine_answer_words,
+            refine_quote_words=refine_quote_words,
         )
 
     @property
@@ -167,6 +175,7 @@ class Doc2LoRA:
         question: str | None = None,
         by_ending: bool | None = None,
         answer_words: int | None = None,
+        quote_words: int | None = None,
     ) -> LoRAAdapter:
         """``adapter`` (made from ``text``) after ``steps`` (default: ``refine_steps``, else 10)
         gradient steps per chunk on completing the chunk's own sentences: seconds per chunk on
@@ -175,13 +184,18 @@ class Doc2LoRA:
         ``question``: the sentences that match it best are fitted at every step. ``by_ending``:
         a step fits at most one sentence of each ending, so sentences that end alike (filler,
         boilerplate) do not crowd out one that ends its own way. ``answer_words``: how many of
-        a sentence's last words are its answer (default 2). Both default to the engine's
-        ``refine_by_ending`` and ``refine_answer_words``, so the index refines that way too."""
+        a sentence's last words are its answer (default 2); ``quote_words``: instead, the answer
+        is all of a sentence after its first ``quote_words`` words, which reaches facts in its
+        middle (docs/engine.md, "Fitting whole sentences"). They default to the engine's
+        ``refine_by_ending``, ``refine_answer_words`` and ``refine_quote_words`` (the two word
+        counts as a pair), so the index refines that way too."""
         from doc2lora_rag.training.refine import refine_adapter
 
         self.check_adapters(adapter)
         steps = steps if steps is not None else self.refine_steps or 10
         texts = self._checked_chunk_texts(adapter, text)
+        if answer_words is None and quote_words is None:  # the call names no target: the engine's
+            answer_words, quote_words = self.refine_answer_words, self.refine_quote_words
         return refine_adapter(
             self,
             adapter,
@@ -190,7 +204,8 @@ class Doc2LoRA:
             chunks=chunks,
             question=question,
             by_ending=self.refine_by_ending if by_ending is None else by_ending,
-            answer_words=self.refine_answer_words if answer_words is None else answer_words,
+            answer_words=answer_words,
+            quote_words=quote_words,
         )
 
     @torch.inference_mode()

@@ -1,12 +1,14 @@
-"""benchmarks/refine_whole_sentences.py fits the same sentences as refinement does, each after
-its first few words, and every refinement of the evaluation it runs goes through it."""
+"""benchmarks/refine_whole_sentences.py runs the evaluation with refinement fitting whole
+sentences, or the two variants the library does not offer: short pieces, and targets without
+the end of turn."""
 
 from __future__ import annotations
 
 import pytest
 
 from doc2lora_rag.training import refine
-from doc2lora_rag.training.refine import refine_adapter, sentence_endings
+from doc2lora_rag.training.refine import sentence_continuations, sentence_endings
+from doc2lora_rag.training.teacher import Target
 from tests.benchmark_loader import load_benchmark
 from tests.conftest import make_tiny_engine
 
@@ -15,33 +17,27 @@ whole = load_benchmark("refine_whole_sentences")
 FACTS = "Vordorgal Labs was founded in 1923 by Ana Kor. It employs 345 people. The logo is deep teal."
 
 
-def test_whole_sentences_quote_the_first_words_and_fit_the_rest_of_the_same_sentences() -> None:
-    pairs = whole.whole_sentences(3)(FACTS)
+def test_spans_fit_the_same_words_a_few_at_a_time_each_quoting_the_sentence_up_to_it() -> None:
+    pairs = whole.sentence_spans(3, 2)(FACTS)
     assert pairs == [
-        ('How does this sentence of the document end? "Vordorgal Labs was ..."', "founded in 1923 by Ana Kor"),
+        ('How does this sentence of the document end? "Vordorgal Labs was ..."', "founded in"),
+        ('How does this sentence of the document end? "Vordorgal Labs was founded in ..."', "1923 by"),
+        ('How does this sentence of the document end? "Vordorgal Labs was founded in 1923 by ..."', "Ana Kor"),
         ('How does this sentence of the document end? "The logo is ..."', "deep teal"),
     ]
-    # The same sentences as refinement fits; a five-word one quoted by three words is fitted as before.
-    assert len(pairs) == len(sentence_endings(FACTS)) and pairs[1] == sentence_endings(FACTS)[1]
-    assert whole.whole_sentences(5)(FACTS) == [
-        ('How does this sentence of the document end? "Vordorgal Labs was founded in ..."', "1923 by Ana Kor")
-    ]
-    with pytest.raises(ValueError, match="quote_words"):
-        whole.whole_sentences(0)
+    # Each sentence's last piece is refinement's own target; an odd remainder makes the first piece shorter.
+    assert pairs[2] == sentence_endings(FACTS)[0] and pairs[3] == sentence_endings(FACTS)[1]
+    assert [answer for _, answer in whole.sentence_spans(2, 3)(FACTS)[:3]] == ["was", "founded in 1923", "by Ana Kor"]
+    # Pieces as long as the sentence are the whole-sentence target.
+    assert whole.sentence_spans(3, 50)(FACTS) == sentence_continuations(FACTS, 3)
+    with pytest.raises(ValueError, match="span_words"):
+        whole.sentence_spans(3, 0)
 
 
-def test_refinement_fits_what_the_stand_in_gives(monkeypatch) -> None:
-    engine = make_tiny_engine(source_layers="all")
-    made = engine.internalize(FACTS).select_chunks([0])  # one chunk's block, fitted to the whole text
-    fitted: list[str] = []
-
-    def recording_fit(model, paths, trainable, batches, *, steps, lr, frozen=None):
-        fitted.extend(engine.tokenizer.batch_decode(batches[0].input_ids))
-
-    monkeypatch.setattr(refine, "fit_lora", recording_fit)
-    monkeypatch.setattr(refine, "sentence_endings", whole.whole_sentences(3))
-    refine_adapter(engine, made, [FACTS], steps=1)
-    assert len(fitted) == 2 and "founded in 1923 by Ana Kor" in fitted[0] and "Labs was founded" not in fitted[0]
+def test_open_ended_targets_fit_the_words_without_the_end_of_turn() -> None:
+    tokenizer = make_tiny_engine().tokenizer
+    closed, opened = Target.for_answer(tokenizer, "deep teal"), whole.OpenEndedTarget.for_answer(tokenizer, "deep teal")
+    assert closed.tokens[-1] == tokenizer.eos_token_id and opened.tokens.tolist() == closed.tokens[:-1].tolist()
 
 
 @pytest.mark.parametrize(
@@ -51,9 +47,10 @@ def test_refinement_fits_what_the_stand_in_gives(monkeypatch) -> None:
         ["--", "--limit", "4"],
         ["--", "--refine-steps", "2", "--refine-answer-words", "1"],
         ["--", "--refine-steps=2", "--refine-answer-words=1"],
+        ["--span-words", "2", "--", "--refine-steps", "2", "--refine-quote-words", "5"],
     ],
 )
-def test_it_refuses_a_run_without_refinement_or_with_a_word_count_it_would_ignore(argv, monkeypatch) -> None:
+def test_it_refuses_a_run_without_refinement_or_with_a_target_it_would_override(argv, monkeypatch) -> None:
     monkeypatch.setattr(whole, "app", lambda args: pytest.fail("the evaluation must not start"))
     monkeypatch.setattr(refine, "sentence_endings", refine.sentence_endings)  # restored if it were patched
     with pytest.raises(SystemExit):
@@ -64,6 +61,12 @@ def test_it_runs_the_evaluation_with_its_options_however_they_are_spelt(monkeypa
     ran: list[list[str]] = []
     monkeypatch.setattr(whole, "app", ran.append)
     monkeypatch.setattr(refine, "sentence_endings", refine.sentence_endings)  # put back after the test
+    monkeypatch.setattr(refine, "Target", refine.Target)
     whole.main(["--quote-words", "4", "--", "--data", "synthetic:2", "--refine-steps=3"])
-    assert ran == [["eval", "--data", "synthetic:2", "--refine-steps=3"]]
-    assert refine.sentence_endings(FACTS)[0][1] == "in 1923 by Ana Kor"
+    assert ran == [["eval", "--data", "synthetic:2", "--refine-steps=3", "--refine-quote-words", "4"]]
+    assert refine.sentence_endings is sentence_endings and refine.Target is Target  # the library's own target
+
+    whole.main(["--span-words", "2", "--open-ended", "--", "--refine-steps", "3"])
+    assert ran[-1] == ["eval", "--refine-steps", "3"]
+    assert [answer for _, answer in refine.sentence_endings(FACTS)] == ["founded in", "1923 by", "Ana Kor", "deep teal"]
+    assert refine.Target is whole.OpenEndedTarget

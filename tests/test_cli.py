@@ -251,6 +251,15 @@ def test_ingest_refines_each_new_adapter_when_asked(tiny, tmp_path) -> None:
     with AdapterStore(styled, create=False) as third:
         style = third.load_adapter(key).metadata
     assert (style["refine_by_ending"], style["refine_answer_words"]) == (True, 1)
+    whole = tmp_path / "whole"
+    assert ingest(tiny, whole, docs, extra=("--refine-steps", "2", "--refine-quote-words", "3"))[1]["added"] == 1
+    with AdapterStore(whole, create=False) as fourth:
+        style = fourth.load_adapter(key).metadata
+    assert (style["refine_quote_words"], style["refine_answer_words"]) == (3, None)
+    both = ("--refine-steps", "2", "--refine-quote-words", "3", "--refine-answer-words", "1")
+    refused = run("ingest", docs, "--store", tmp_path / "both", "--base-model", tiny["model"], *both)
+    assert refused.exit_code == 2 and "two refinement targets" in refused.stderr and "Traceback" not in refused.output
+    assert not (tmp_path / "both").exists()  # refused before anything was written
 
 
 def test_a_store_inside_the_ingested_folder_is_not_read_as_documents(tiny, corpus, tmp_path) -> None:

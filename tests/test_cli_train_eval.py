@@ -167,7 +167,7 @@ def test_eval_refines_the_way_it_is_told_and_records_it(tiny_model_dir: Path, tm
     styles, refine_adapter = [], refine.refine_adapter
 
     def recording(*args, **options):
-        styles.append((options["by_ending"], options["answer_words"]))
+        styles.append((options["by_ending"], options["answer_words"], options["quote_words"]))
         return refine_adapter(*args, **options)
 
     monkeypatch.setattr(refine, "refine_adapter", recording)
@@ -178,9 +178,16 @@ def test_eval_refines_the_way_it_is_told_and_records_it(tiny_model_dir: Path, tm
         "--json-out", str(numbers),
     ])
     assert result.exit_code == 0, result.output
-    assert styles and set(styles) == {(True, 1)}
+    assert styles and set(styles) == {(True, 1, None)}
     results = json.loads(numbers.read_text())
-    assert (results["refine_by_ending"], results["refine_answer_words"]) == (True, 1)
+    assert [results[f"refine_{key}"] for key in ("by_ending", "answer_words", "quote_words")] == [True, 1, None]
+    styles.clear()
+    result = CliRunner().invoke(app, [
+        "eval", "--base-model", str(tiny_model_dir), "--data", "synthetic:2", "--limit", "2", "--general-docs", "0",
+        "--refine-steps", "1", "--refine-quote-words", "3", "--max-new-tokens", "2", "--json-out", str(numbers),
+    ])
+    assert result.exit_code == 0, result.output
+    assert styles and set(styles) == {(False, None, 3)} and json.loads(numbers.read_text())["refine_quote_words"] == 3
 
 
 def test_eval_draws_other_fact_documents_by_seed_under_another_name() -> None:

@@ -10,11 +10,13 @@ import torch
 from doc2lora_rag import Doc2LoRA, Doc2LoRAIndex, IncompatibleModelError, LoRAAdapter
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.base_model.prompts import question_prompt
+from doc2lora_rag.training import refine
 from doc2lora_rag.training.objective import distillation_loss, response_logits, student_batch
 from doc2lora_rag.training.refine import (
     ending_groups,
     question_sentences,
     refine_adapter,
+    sentence_continuations,
     sentence_endings,
     sentence_windows,
 )
@@ -54,6 +56,42 @@ def test_sentence_endings_take_as_many_last_words_as_asked() -> None:
     engine = make_tiny_engine(source_layers="all")
     with pytest.raises(ValueError, match="answer_words"):
         refine_adapter(engine, engine.internalize(text), [text], steps=1, answer_words=0)
+
+
+FACTS = "Vordorgal Labs was founded in 1923 by Ana Kor. It employs 345 people. The logo is deep teal."
+
+
+def test_sentence_continuations_quote_the_first_words_and_ask_for_all_the_rest() -> None:
+    pairs = sentence_continuations(FACTS, 3)
+    assert pairs == [
+        ('How does this sentence of the document end? "Vordorgal Labs was ..."', "founded in 1923 by Ana Kor"),
+        ('How does this sentence of the document end? "The logo is ..."', "deep teal"),
+    ]
+    # The sentences refinement fits on their endings; a five-word one quoted by three words is fitted as before.
+    assert len(pairs) == len(sentence_endings(FACTS)) and pairs[1] == sentence_endings(FACTS)[1]
+    assert sentence_continuations(FACTS, 5) == [
+        ('How does this sentence of the document end? "Vordorgal Labs was founded in ..."', "1923 by Ana Kor")
+    ]
+    with pytest.raises(ValueError, match="quote_words"):
+        sentence_continuations(FACTS, 0)
+
+
+def test_refinement_fits_whole_sentences_when_told_how_many_words_to_quote(monkeypatch) -> None:
+    engine = make_tiny_engine(source_layers="all")
+    made = engine.internalize(FACTS).select_chunks([0])  # one chunk's block, fitted to the whole text
+    fitted: list[str] = []
+
+    def recording_fit(model, paths, trainable, batches, *, steps, lr, frozen=None):
+        fitted.extend(engine.tokenizer.batch_decode(batches[0].input_ids))
+
+    monkeypatch.setattr(refine, "fit_lora", recording_fit)
+    tagged = refine_adapter(engine, made, [FACTS], steps=1, quote_words=3)
+    assert len(fitted) == 2 and "founded in 1923 by Ana Kor" in fitted[0] and "Labs was founded" not in fitted[0]
+    assert (tagged.metadata["refine_quote_words"], tagged.metadata["refine_answer_words"]) == (3, None)
+    with pytest.raises(ValueError, match="not both"):
+        refine_adapter(engine, made, [FACTS], steps=1, quote_words=3, answer_words=2)
+    with pytest.raises(ValueError, match="quote_words"):
+        refine_adapter(engine, made, [FACTS], steps=1, quote_words=0)
 
 
 def test_sentence_windows_bound_each_step_and_take_every_sentence_in_turn() -> None:
@@ -168,6 +206,21 @@ def test_the_engine_s_refinement_style_is_the_default_of_every_refinement_the_in
     assert stored.metadata["refine_answer_words"] == 1
     with pytest.raises(ValueError, match="refine_answer_words"):
         Doc2LoRA(engine.base, engine.hypernet, refine_answer_words=0)
+
+
+def test_an_engine_that_fits_whole_sentences_does_so_unless_a_call_names_another_target() -> None:
+    engine = make_tiny_engine(source_layers="all")
+    engine.refine_quote_words = 3
+    made = engine.internalize(TEXT)
+    whole, endings = engine.refine(made, TEXT, steps=1), engine.refine(made, TEXT, steps=1, answer_words=1)
+    assert (whole.metadata["refine_quote_words"], whole.metadata["refine_answer_words"]) == (3, None)
+    assert (endings.metadata["refine_quote_words"], endings.metadata["refine_answer_words"]) == (None, 1)
+    assert engine.refine(made, TEXT, steps=1, quote_words=5).metadata["refine_quote_words"] == 5
+    assert Doc2LoRA(engine.base, engine.hypernet).refine(made, TEXT, steps=1).metadata["refine_answer_words"] == 2
+    with pytest.raises(ValueError, match="refine_quote_words"):
+        Doc2LoRA(engine.base, engine.hypernet, refine_quote_words=0)
+    with pytest.raises(ValueError, match="not both"):
+        Doc2LoRA(engine.base, engine.hypernet, refine_answer_words=2, refine_quote_words=3)
 
 
 @pytest.mark.parametrize(("per_step", "steps"), [(8, 30), (1, 60)])

@@ -16,8 +16,10 @@ from doc2lora_rag.cli.options import (
     JsonOption,
     RefineAnswerWordsOption,
     RefineByEndingOption,
+    RefineQuoteWordsOption,
     StoreOption,
     ThreadsOption,
+    check_refine_target,
     open_store,
 )
 
@@ -46,6 +48,7 @@ def ask(
     ] = 0,
     refine_by_ending: RefineByEndingOption = False,
     refine_answer_words: RefineAnswerWordsOption = None,
+    refine_quote_words: RefineQuoteWordsOption = None,
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
     threads: ThreadsOption = None,
@@ -57,6 +60,7 @@ def ask(
     from doc2lora_rag.router import embeddings_available
 
     with user_errors():
+        check_refine_target(refine_answer_words, refine_quote_words)
         if not question.strip():
             raise CommandError("the question is empty")
         filters = _filters(where or [])
@@ -71,6 +75,7 @@ def ask(
                 threads=threads,
                 refine_by_ending=refine_by_ending,
                 refine_answer_words=refine_answer_words,
+                refine_quote_words=refine_quote_words,
             )
             engine = spec.load(warn)
             try:

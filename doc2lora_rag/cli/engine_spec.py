@@ -40,13 +40,14 @@ class EngineSpec:
     refine_steps: int = 0
     refine_by_ending: bool = False
     refine_answer_words: int | None = None
+    refine_quote_words: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
-        keys = ("base_model", "hypernet", "device", "threads", "max_chars", "refine_answer_words")
+        keys = ("base_model", "hypernet", "device", "threads", "max_chars", "refine_answer_words", "refine_quote_words")
         return cls(
             **{k: data.get(k) for k in keys},
             refine_steps=data.get("refine_steps") or 0,
@@ -86,6 +87,7 @@ class EngineSpec:
                     refine_steps=self.refine_steps,
                     refine_by_ending=self.refine_by_ending,
                     refine_answer_words=self.refine_answer_words,
+                    refine_quote_words=self.refine_quote_words,
                 )
             except Doc2LoRAError:
                 raise

@@ -14,7 +14,12 @@ from rich.table import Table
 
 from doc2lora_rag.cli.app import app
 from doc2lora_rag.cli.errors import CommandError, user_errors
-from doc2lora_rag.cli.options import RefineAnswerWordsOption, RefineByEndingOption
+from doc2lora_rag.cli.options import (
+    RefineAnswerWordsOption,
+    RefineByEndingOption,
+    RefineQuoteWordsOption,
+    check_refine_target,
+)
 
 console = Console()
 
@@ -50,6 +55,7 @@ def evaluate(
     ] = 0,
     refine_by_ending: RefineByEndingOption = False,
     refine_answer_words: RefineAnswerWordsOption = None,
+    refine_quote_words: RefineQuoteWordsOption = None,
     general_docs: Annotated[
         int,
         typer.Option(help="general-knowledge questions with the adapters of this many evaluated documents (0: skip)"),
@@ -72,6 +78,7 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     with user_errors():  # every input is checked before the model loads and hours of scoring start
+        check_refine_target(refine_answer_words, refine_quote_words)
         lengths = _niah_lengths(niah)
         sources = [_eval_records(item, limit) for item in data or []]
         engine = Doc2LoRA.from_pretrained(
@@ -80,6 +87,7 @@ def evaluate(
             chunking=chunking,
             refine_by_ending=refine_by_ending,
             refine_answer_words=refine_answer_words,
+            refine_quote_words=refine_quote_words,
         )
     modes = ["no_context", "in_context", "adapter", "unrelated_adapter"]
     modes += ["refined_adapter", "unrelated_refined"] if refine_steps else []
@@ -90,6 +98,7 @@ def evaluate(
         "chunking": chunking,
         "refine_by_ending": refine_by_ending,
         "refine_answer_words": refine_answer_words,
+        "refine_quote_words": refine_quote_words,
         "qa": {},
         "niah": {},
     }

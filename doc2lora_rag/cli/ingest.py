@@ -27,8 +27,10 @@ from doc2lora_rag.cli.options import (
     ProgressOption,
     RefineAnswerWordsOption,
     RefineByEndingOption,
+    RefineQuoteWordsOption,
     StoreOption,
     ThreadsOption,
+    check_refine_target,
 )
 from doc2lora_rag.cli.progress import IngestProgress
 from doc2lora_rag.documents import MAX_DOCUMENT_CHARS
@@ -61,6 +63,7 @@ def ingest(
     ] = 0,
     refine_by_ending: RefineByEndingOption = False,
     refine_answer_words: RefineAnswerWordsOption = None,
+    refine_quote_words: RefineQuoteWordsOption = None,
     rescan: Annotated[
         bool, typer.Option("--rescan", help="read every file even when its size and time are unchanged")
     ] = False,
@@ -85,6 +88,7 @@ def ingest(
     err = Console(stderr=True)
     started = time.monotonic()
     with user_errors():
+        check_refine_target(refine_answer_words, refine_quote_words)
         store_path = (store or default_store_path()).expanduser().absolute()
         discovery = discover(paths, SUPPORTED_SUFFIXES, glob or ())
         # A store inside an ingested folder is no document: its adapter_config.json files would fail as JSON.
@@ -114,6 +118,7 @@ def ingest(
             refine_steps=refine_steps,
             refine_by_ending=refine_by_ending,
             refine_answer_words=refine_answer_words,
+            refine_quote_words=refine_quote_words,
         )
         if ray:
             from doc2lora_rag.cli.ray_ingest import RayBuilder

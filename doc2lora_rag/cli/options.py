@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from doc2lora_rag.cli.errors import CommandError
 from doc2lora_rag.errors import StoreError, UnknownIdError
 from doc2lora_rag.store import AdapterStore, default_store_path
 from doc2lora_rag.store.adapter_store import CATALOG_FILE
@@ -47,6 +48,17 @@ RefineByEndingOption = Annotated[
 RefineAnswerWordsOption = Annotated[
     int | None, typer.Option(min=1, help="refinement fits this many of a sentence's last words (default: 2)")
 ]
+RefineQuoteWordsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="refinement fits all of a sentence after its first N words instead (docs/engine.md)"),
+]
+
+
+def check_refine_target(answer_words: int | None, quote_words: int | None) -> None:
+    """Refuse both word counts at once: a sentence's last words and all after its first are two
+    targets, and the engine would refuse them only after loading the model."""
+    if answer_words is not None and quote_words is not None:
+        raise CommandError("--refine-answer-words and --refine-quote-words are two refinement targets: give one")
 
 
 def open_store(path: Path | None, *, create: bool) -> AdapterStore:

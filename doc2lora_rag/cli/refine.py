@@ -26,8 +26,10 @@ from doc2lora_rag.cli.options import (
     ProgressOption,
     RefineAnswerWordsOption,
     RefineByEndingOption,
+    RefineQuoteWordsOption,
     StoreOption,
     ThreadsOption,
+    check_refine_target,
     open_store,
     resolve_ids,
 )
@@ -48,6 +50,7 @@ def refine(
     ] = 3,
     refine_by_ending: RefineByEndingOption = False,
     refine_answer_words: RefineAnswerWordsOption = None,
+    refine_quote_words: RefineQuoteWordsOption = None,
     base_model: BaseModelOption = None,
     hypernet: HypernetOption = None,
     threads: ThreadsOption = None,
@@ -61,6 +64,7 @@ def refine(
     err = Console(stderr=True)
     started = time.monotonic()
     with user_errors():
+        check_refine_target(refine_answer_words, refine_quote_words)
         if question is not None and not question.strip():
             raise CommandError("the question is empty")
         adapters = open_store(store, create=False)
@@ -73,6 +77,7 @@ def refine(
                 threads=threads,
                 refine_by_ending=refine_by_ending,
                 refine_answer_words=refine_answer_words,
+                refine_quote_words=refine_quote_words,
             )
             index = Doc2LoRAIndex(adapters, spec.load(warn), max_chunks=max_chunks)
             show = (err.is_terminal if progress is None else progress) and not json_output

@@ -4,7 +4,8 @@ one forward pass.
 The hypernetwork's adapter is the starting point; each chunk's rank block is then fitted so
 that the base model, with that block and the document-independent block attached, completes
 the chunk's own sentences (``sentence_cloze``: the start of a sentence is quoted, its last two
-words are the answer). No questions about the document are needed, so any text can be
+words are the answer; with ``quote_words`` its first words are quoted and the rest is the
+answer, which reaches facts in a sentence's middle). No questions about the document are needed, so any text can be
 refined at ingest time. Blocks are fitted one chunk at a time, as ``Doc2LoRA.focus`` later
 attaches them, and the document-independent block stays as the hypernetwork wrote it.
 A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so its cost does not
@@ -46,6 +47,19 @@ def sentence_endings(text: str, answer_words: int = ANSWER_WORDS) -> list[tuple[
     """One (question, answer) pair per sentence of at least five words: how does it end? The
     answer is the sentence's last ``answer_words`` words."""
     return [cloze for words in long_sentences(text) if (cloze := sentence_cloze(words, answer_words)) is not None]
+
+
+def sentence_continuations(text: str, quote_words: int) -> list[tuple[str, str]]:
+    """One (question, answer) pair per sentence of at least five words and more than
+    ``quote_words``: the answer is all of it after its first ``quote_words`` words (a long
+    sentence's question quotes the last 24 words before the answer)."""
+    if quote_words < 1:
+        raise ValueError(f"quote_words must be >= 1, not {quote_words}")
+    return [
+        cloze
+        for words in long_sentences(text)
+        if len(words) > quote_words and (cloze := sentence_cloze(words, len(words) - quote_words)) is not None
+    ]
 
 
 def ending_groups(pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
@@ -111,17 +125,23 @@ def refine_adapter(
     question: str | None = None,
     by_ending: bool = False,
     answer_words: int | None = None,
+    quote_words: int | None = None,
 ) -> LoRAAdapter:
     """``adapter`` with the block of chunk ``i`` fitted for ``steps`` Adam steps to complete
-    the sentences of ``chunk_texts[i]`` (their last ``answer_words`` words, default 2), at most
-    ``sentences_per_step`` per step; chunks without a sentence of five words stay as made.
+    the sentences of ``chunk_texts[i]`` (their last ``answer_words`` words, default 2; or,
+    with ``quote_words``, all but their first ``quote_words``), at most ``sentences_per_step``
+    per step; chunks without a sentence of five words stay as made.
     ``chunks``: only these (default: all). ``question``: fit the sentences that match it at
     every step. ``by_ending``: at most one sentence of each ending per step (``ending_groups``).
     The metadata says how the last refinement went and which chunks are refined so far."""
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, not {steps}")
-    answer_words = ANSWER_WORDS if answer_words is None else answer_words
-    if answer_words < 1:
+    if answer_words is not None and quote_words is not None:
+        raise ValueError("give answer_words (a sentence's last words) or quote_words (all but its first), not both")
+    if quote_words is not None and quote_words < 1:
+        raise ValueError(f"quote_words must be >= 1, not {quote_words}")
+    answer_words = ANSWER_WORDS if answer_words is None and quote_words is None else answer_words
+    if answer_words is not None and answer_words < 1:
         raise ValueError(f"answer_words must be >= 1, not {answer_words}")
     if sentences_per_step < 1:
         raise ValueError(f"sentences_per_step must be >= 1, not {sentences_per_step}")
@@ -141,7 +161,11 @@ def refine_adapter(
         for name, (a, b) in adapter.factors.items()
     }
     for chunk in chosen:
-        pairs = sentence_endings(chunk_texts[chunk], answer_words)
+        text = chunk_texts[chunk]
+        if quote_words is None:
+            pairs = sentence_endings(text, answer_words)
+        else:
+            pairs = sentence_continuations(text, quote_words)
         if not pairs:
             continue
         prompts = [question_prompt(tokenizer, question) for question, _ in pairs]
@@ -171,7 +195,11 @@ def refine_adapter(
             kept_b[:, :, block] = b.detach().to(kept_b.device, kept_b.dtype)
     done = sorted(adapter.refined_chunks | set(chosen))
     return adapter._replace(factors=fitted).tagged(
-        refine_steps=steps, refine_by_ending=by_ending, refine_answer_words=answer_words, refined_chunks=done
+        refine_steps=steps,
+        refine_by_ending=by_ending,
+        refine_answer_words=answer_words,
+        refine_quote_words=quote_words,
+        refined_chunks=done,
     )
 
 
