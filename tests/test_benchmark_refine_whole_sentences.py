@@ -11,10 +11,9 @@ from doc2lora_rag.training.refine import sentence_continuations, sentence_ending
 from doc2lora_rag.training.teacher import Target
 from tests.benchmark_loader import load_benchmark
 from tests.conftest import make_tiny_engine
+from tests.test_refine import FACTS
 
 whole = load_benchmark("refine_whole_sentences")
-
-FACTS = "Vordorgal Labs was founded in 1923 by Ana Kor. It employs 345 people. The logo is deep teal."
 
 
 def test_spans_fit_the_same_words_a_few_at_a_time_each_quoting_the_sentence_up_to_it() -> None:

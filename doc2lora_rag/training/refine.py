@@ -1,20 +1,20 @@
-"""Refinement: a few gradient steps on a generated adapter, for documents worth more than
-one forward pass.
+"""Refinement: a few gradient steps on a generated adapter, for documents worth more than one
+forward pass.
 
 The hypernetwork's adapter is the starting point; each chunk's rank block is then fitted so
-that the base model, with that block and the document-independent block attached, completes
-the chunk's own sentences (``sentence_cloze``: the start of a sentence is quoted, its last two
+that the base model, with that block and the document-independent block attached, completes the
+chunk's own sentences (``sentence_cloze``: the start of a sentence is quoted, its last two
 words are the answer; with ``quote_words`` its first words are quoted and the rest is the
-answer, which reaches facts in a sentence's middle). No questions about the document are needed, so any text can be
-refined at ingest time. Blocks are fitted one chunk at a time, as ``Doc2LoRA.focus`` later
-attaches them, and the document-independent block stays as the hypernetwork wrote it.
-A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so its cost does not
-grow with the chunk: a chunk of short sentences is covered over several steps. Some chunks
-may be refined and the rest later (the index refines the chunks its questions land on); the
-adapter records which are done (``LoRAAdapter.refined_chunks``). Refined for a question, a
-chunk's ``QUESTION_SENTENCES`` sentences that match it best (BM25) are fitted at every step
-and the rest in turn beside them: a long chunk's one relevant sentence is otherwise seen in
-only a few of the steps.
+answer, which reaches facts in a sentence's middle). No questions about the document are
+needed, so any text can be refined at ingest time. Blocks are fitted one chunk at a time, as
+``Doc2LoRA.focus`` later attaches them, and the document-independent block stays as the
+hypernetwork wrote it. A step fits at most ``SENTENCES_PER_STEP`` sentences, taken in turn, so
+its cost does not grow with the chunk: a chunk of short sentences is covered over several
+steps. Some chunks may be refined and the rest later (the index refines the chunks its
+questions land on); the adapter records which are done (``LoRAAdapter.refined_chunks``).
+Refined for a question, a chunk's ``QUESTION_SENTENCES`` sentences that match it best (BM25)
+are fitted at every step and the rest in turn beside them: a long chunk's one relevant sentence
+is otherwise seen in only a few of the steps.
 """
 
 from __future__ import annotations
