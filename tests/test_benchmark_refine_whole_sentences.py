@@ -69,3 +69,19 @@ def test_it_runs_the_evaluation_with_its_options_however_they_are_spelt(monkeypa
     assert ran[-1] == ["eval", "--refine-steps", "3"]
     assert [answer for _, answer in refine.sentence_endings(FACTS)] == ["founded in", "1923 by", "Ana Kor", "deep teal"]
     assert refine.Target is whole.OpenEndedTarget
+
+
+def test_then_endings_fits_whole_sentences_first_and_their_last_two_words_in_the_final_steps() -> None:
+    pairs, windows = whole.then_endings(3)
+    fitted = pairs(FACTS, 3)
+    assert fitted == sentence_continuations(FACTS, 3) + sentence_endings(FACTS)
+    # Two sentences: the two continuations in the first seven steps, the two endings in the last three.
+    assert windows(len(fitted), 10, 10) == [[0, 1]] * 7 + [[2, 3]] * 3
+    # Each part in turn when a step cannot hold all of it; more final steps than steps: endings throughout.
+    assert windows(len(fitted), 5, 1) == [[0], [1], [2], [3], [2]]
+    pairs, windows = whole.then_endings(20)
+    assert windows(len(pairs(FACTS, 3)), 5, 10) == [[2, 3]] * 5
+    with pytest.raises(ValueError, match="question"):
+        windows(len(fitted), 4, 10, pinned=[0])
+    with pytest.raises(ValueError, match="last_steps"):
+        whole.then_endings(0)
