@@ -1,6 +1,6 @@
 """benchmarks/refine_whole_sentences.py runs the evaluation with refinement fitting whole
-sentences, or the two variants the library does not offer: short pieces, and targets without
-the end of turn."""
+sentences, or the three variants the library does not offer: short pieces, targets without
+the end of turn, and endings alone in the last steps."""
 
 from __future__ import annotations
 
