@@ -64,20 +64,19 @@ def then_endings(last_steps: int) -> tuple[Callable[..., list[tuple[str, str]]],
     if last_steps < 1:
         raise ValueError(f"last_steps must be >= 1, not {last_steps}")
     continuations, windows = refine.sentence_continuations, refine.sentence_windows
-    split = [0]  # continuations in the pairs of the chunk being refined
+    whole = 0  # continuations among the pairs of the chunk being refined
 
     def pairs(text: str, quote_words: int) -> list[tuple[str, str]]:
-        whole = continuations(text, quote_words)
-        split[0] = len(whole)
-        return whole + refine.sentence_endings(text)
+        nonlocal whole
+        fitted = continuations(text, quote_words)
+        whole = len(fitted)
+        return fitted + refine.sentence_endings(text)
 
     def steps_windows(count: int, steps: int, per_step: int, pinned=(), groups=None) -> list[list[int]]:
         if pinned or groups:
             raise ValueError("--then-endings takes neither a question nor --refine-by-ending")
-        whole = split[0]
         first = steps if whole == count else 0 if whole == 0 else max(steps - last_steps, 0)
-        early = windows(whole, first, per_step) if first else []
-        late = windows(count - whole, steps - first, per_step) if steps > first else []
+        early, late = windows(whole, first, per_step), windows(count - whole, steps - first, per_step)
         return [early[i % len(early)] for i in range(first)] + [
             [whole + j for j in late[i % len(late)]] for i in range(steps - first)
         ]
@@ -98,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quote-words", type=int, default=3, help="words of a sentence quoted; the rest is fitted")
-    parser.add_argument("--span-words", type=int, help="fit the rest in pieces of this many words, one cloze each")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--span-words", type=int, help="fit the rest in pieces of this many words, one cloze each")
+    variant.add_argument("--then-endings", type=int, help="fit the last two words alone in this many final steps")
     parser.add_argument("--open-ended", action="store_true", help="fit the words without the end of turn after them")
-    parser.add_argument("--then-endings", type=int, help="fit the last two words alone in this many final steps")
     args = parser.parse_args(ours)
     given = {option.split("=")[0] for option in rest if option.startswith("--")}
     if "--refine-steps" not in given:
@@ -114,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
         refine.sentence_endings = sentence_spans(args.quote_words, args.span_words)
         target = []
     if args.then_endings is not None:
-        if args.span_words is not None:
-            parser.error("--then-endings follows whole sentences, not pieces")
         refine.sentence_continuations, refine.sentence_windows = then_endings(args.then_endings)
     if args.open_ended:
         refine.Target = OpenEndedTarget
