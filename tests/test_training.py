@@ -416,6 +416,20 @@ def test_cloze_questions_quote_a_sentence_start_and_ask_for_its_end() -> None:
         cloze_records(documents, 3, max_answer_words=0)
 
 
+def test_cloze_questions_with_quote_words_ask_for_all_of_a_sentence_after_its_start() -> None:
+    documents = ["Ada keeps bees by the river. Tiny one here. The hives stand in a row of nine."]
+    records = cloze_records(documents, 50, seed=3, quote_words=3)
+    assert len(records) == 50
+    asked = set()
+    for record in records:
+        start = record.question.split('"')[1].removesuffix(" ...")
+        assert len(start.split()) == 3 and f"{start} {record.answer}." in record.context
+        asked.add(start)
+    assert asked == {"Ada keeps bees", "The hives stand"}  # "Tiny one here." has too few words
+    with pytest.raises(ValueError, match="quote_words"):
+        cloze_records(documents, 3, quote_words=0)
+
+
 def test_cloze_and_general_sources_read_your_own_unlabelled_texts(tmp_path: Path) -> None:
     base = tiny_base_model()
     texts = tmp_path / "texts.jsonl"
@@ -425,6 +439,8 @@ def test_cloze_and_general_sources_read_your_own_unlabelled_texts(tmp_path: Path
     cloze, general = load_sources([{**spec, "kind": "cloze"}, {**spec, "kind": "general"}], base.tokenizer)
     assert {r.context for r in cloze.records} == set(mine) == {r.context for r in general.records}
     assert all(r.answer in r.context for r in cloze.records)
+    (quoted,) = load_sources([{**spec, "kind": "cloze", "quote_words": 3}], base.tokenizer)
+    assert {r.question.split('"')[1] for r in quoted.records} == {"The lighthouse on ...", "Our canteen serves ..."}
     texts.write_text(json.dumps({"text": mine[0]}) + "\n" + json.dumps({"body": "no text field"}) + "\n")
     with pytest.raises(ValueError, match=r"texts.jsonl:2: needs a non-empty 'text' field"):
         load_sources([{**spec, "kind": "cloze"}], base.tokenizer)

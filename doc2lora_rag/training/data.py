@@ -397,21 +397,30 @@ def needle_records(
 # ---------------------------------------------------------------------------- sentence endings
 
 
-def cloze_records(documents: Sequence[str], count: int, seed: int = 0, max_answer_words: int = 5) -> list[QARecord]:
+def cloze_records(
+    documents: Sequence[str],
+    count: int,
+    seed: int = 0,
+    max_answer_words: int = 5,
+    quote_words: int | None = None,
+) -> list[QARecord]:
     """Questions that quote the start of one of a document's sentences and ask how it ends.
 
     They need no annotation, so any text can teach the hypernetwork to carry *every* sentence
     of a chunk, not only the few that a dataset's questions ask about. The answer is the last
     1 to ``max_answer_words`` words of a sentence of at least five words, without its final
     punctuation; at least four words (at most 24) are quoted, so that the start names the
-    sentence."""
+    sentence. With ``quote_words`` only the sentence's first ``quote_words`` words are quoted
+    and the answer is all the rest: too little to guess from, so only reading pays."""
     if max_answer_words < 1:
         raise ValueError(f"max_answer_words must be >= 1, not {max_answer_words}")
+    if quote_words is not None and quote_words < 1:
+        raise ValueError(f"quote_words must be >= 1, not {quote_words}")
     candidates = [
         (document, words)
         for document in dict.fromkeys(documents)
         for sentence in split_sentences(document)
-        if len(words := sentence.split()) >= 5
+        if len(words := sentence.split()) >= 5 and (quote_words is None or len(words) > quote_words)
     ]
     if count > 0 and not candidates:
         raise ValueError("cloze questions need documents with sentences of at least five words")
@@ -419,7 +428,11 @@ def cloze_records(documents: Sequence[str], count: int, seed: int = 0, max_answe
     records = []
     for _ in range(count):
         document, words = rng.choice(candidates)
-        cloze = sentence_cloze(words, rng.randint(1, min(max_answer_words, len(words) - 4)))
+        if quote_words is None:
+            answer_words = rng.randint(1, min(max_answer_words, len(words) - 4))
+        else:
+            answer_words = len(words) - quote_words
+        cloze = sentence_cloze(words, answer_words)
         if cloze is not None:
             records.append(QARecord(document, *cloze, "cloze"))
     return records
