@@ -410,7 +410,7 @@ def test_cloze_questions_quote_a_sentence_start_and_ask_for_its_end() -> None:
     assert any(r.question.split('"')[1].startswith("... ") for r in records if r.context == long_sentence)
     assert records == cloze_records(documents, 200, seed=1, max_answer_words=3)
     assert records != cloze_records(documents, 200, seed=2, max_answer_words=3)
-    with pytest.raises(ValueError, match="at least five words"):
+    with pytest.raises(ValueError, match="at least 5 words"):
         cloze_records(["Too short. Also."], 3)
     with pytest.raises(ValueError, match="max_answer_words"):
         cloze_records(documents, 3, max_answer_words=0)
@@ -428,6 +428,10 @@ def test_cloze_questions_with_quote_words_ask_for_all_of_a_sentence_after_its_st
     assert asked == {"Ada keeps bees", "The hives stand"}  # "Tiny one here." has too few words
     with pytest.raises(ValueError, match="quote_words"):
         cloze_records(documents, 3, quote_words=0)
+    with pytest.raises(ValueError, match="at least 9 words"):  # the longest sentence has eight
+        cloze_records(documents, 3, quote_words=8)
+    with pytest.raises(ValueError, match="at least 5 words"):
+        cloze_records([], 3)
 
 
 def test_cloze_and_general_sources_read_your_own_unlabelled_texts(tmp_path: Path) -> None:

@@ -416,14 +416,15 @@ def cloze_records(
         raise ValueError(f"max_answer_words must be >= 1, not {max_answer_words}")
     if quote_words is not None and quote_words < 1:
         raise ValueError(f"quote_words must be >= 1, not {quote_words}")
+    least = max(5, (quote_words or 0) + 1)  # words a sentence needs to leave an answer
     candidates = [
         (document, words)
         for document in dict.fromkeys(documents)
         for sentence in split_sentences(document)
-        if len(words := sentence.split()) >= 5 and (quote_words is None or len(words) > quote_words)
+        if len(words := sentence.split()) >= least
     ]
     if count > 0 and not candidates:
-        raise ValueError("cloze questions need documents with sentences of at least five words")
+        raise ValueError(f"cloze questions need documents with sentences of at least {least} words")
     rng = random.Random(f"cloze-{seed}")
     records = []
     for _ in range(count):
