@@ -430,10 +430,9 @@ def cloze_records(
     for _ in range(count):
         document, words = rng.choice(candidates)
         if quote_words is None:
-            answer_words = rng.randint(1, min(max_answer_words, len(words) - 4))
+            cloze = sentence_cloze(words, rng.randint(1, min(max_answer_words, len(words) - 4)))
         else:
-            answer_words = len(words) - quote_words
-        cloze = sentence_cloze(words, answer_words)
+            cloze = sentence_continuation(words, quote_words)
         if cloze is not None:
             records.append(QARecord(document, *cloze, "cloze"))
     return records
@@ -449,6 +448,12 @@ def sentence_cloze(words: Sequence[str], answer_words: int) -> tuple[str, str] |
     start = " ".join(words[max(0, cut - 24) : cut])  # long sentences: their last 24 words
     start = start if cut <= 24 else f"... {start}"
     return f'How does this sentence of the document end? "{start} ..."', answer
+
+
+def sentence_continuation(words: Sequence[str], quote_words: int) -> tuple[str, str] | None:
+    """The cloze that quotes a sentence's first ``quote_words`` words and asks for all the
+    rest; None when nothing but punctuation is left."""
+    return sentence_cloze(words, len(words) - quote_words) if len(words) > quote_words else None
 
 
 # ---------------------------------------------------------------------------- unrelated questions

@@ -27,7 +27,7 @@ from doc2lora_rag.adapters.lora import LoRAAdapter
 from doc2lora_rag.base_model.prompts import question_prompt
 from doc2lora_rag.hypernetwork.chunking import split_sentences
 from doc2lora_rag.router.chunks import best_chunks
-from doc2lora_rag.training.data import sentence_cloze
+from doc2lora_rag.training.data import sentence_cloze, sentence_continuation
 from doc2lora_rag.training.fitting import fit_lora
 from doc2lora_rag.training.objective import student_batch
 from doc2lora_rag.training.teacher import Target
@@ -55,11 +55,7 @@ def sentence_continuations(text: str, quote_words: int) -> list[tuple[str, str]]
     sentence's question quotes the last 24 words before the answer)."""
     if quote_words < 1:
         raise ValueError(f"quote_words must be >= 1, not {quote_words}")
-    return [
-        cloze
-        for words in long_sentences(text)
-        if len(words) > quote_words and (cloze := sentence_cloze(words, len(words) - quote_words)) is not None
-    ]
+    return [cloze for words in long_sentences(text) if (cloze := sentence_continuation(words, quote_words)) is not None]
 
 
 def ending_groups(pairs: Sequence[tuple[str, str]]) -> list[list[int]]:

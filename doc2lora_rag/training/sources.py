@@ -63,10 +63,8 @@ def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: in
         return general_records(_documents(spec, seed), int(spec.get("count", 1000)), seed=seed)
     if kind == "cloze":
         answer_words = int(spec.get("max_answer_words", 5))
-        quote_words = spec.get("quote_words")
-        documents = _documents(spec, seed)
-        count = int(spec.get("count", 2000))
-        return cloze_records(documents, count, seed, answer_words, quote_words and int(quote_words))
+        quote_words = spec.get("quote_words") and int(spec["quote_words"])
+        return cloze_records(_documents(spec, seed), int(spec.get("count", 2000)), seed, answer_words, quote_words)
     if kind == "jsonl":
         return jsonl_records(spec["path"])
     if kind == "synthetic":
