@@ -1,6 +1,6 @@
 """Can the hypernetwork fit the documents it trains on? A capacity check before a long run.
 
-    python benchmarks/capacity.py [--task needle|facts] [--records 32] [--steps 200] [--every 50]
+    python benchmarks/capacity.py [--task needle|facts|swapped] [--records 32] [--steps 200] [--every 50]
                                   [--hypernet '{"head_norm": "rms"}'] [--lr 1e-3] [--threads 2]
 
 Meta-trains the recipe's hypernetwork (configs/smollm2-135m.json) on a small fixed set of
@@ -9,7 +9,9 @@ questions: with no adapter, with each document's own adapter, and with another d
 adapter. ``needle`` (the default): 64-token haystacks whose needles share two keys, so each
 question recurs with other answers and only reading the document lowers its loss. ``facts``:
 synthetic fact documents, whose questions are unique, so the document-independent bias block
-can learn the answers by heart (the other-adapter loss falls too). If the own-adapter loss does
+can learn the answers by heart (the other-adapter loss falls too). ``swapped``: SQuAD
+training questions, each with its paragraph and with the paragraph whose answer is swapped for
+another of the same form (half the records each), so each question has two answers. If the own-adapter loss does
 not fall below the other-adapter loss here, where nothing has to generalise, a longer run on
 fresh documents will not help either.
 """
@@ -25,17 +27,24 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from doc2lora_rag.training.data import needle_records, synthetic_fact_records
+from doc2lora_rag.training.data import (
+    even_sample,
+    needle_records,
+    squad_records,
+    swapped_answer_records,
+    synthetic_fact_records,
+)
 from doc2lora_rag.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 777  # a seed of its own: neither the training sources, the probe nor the evaluation use it
 NEEDLE_KEYS = ["teal heron", "amber lynx"]
+SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["needle", "facts"], default="needle")
+    parser.add_argument("--task", choices=["needle", "facts", "swapped"], default="needle")
     parser.add_argument("--records", type=int, default=32, help="questions")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50)
@@ -48,6 +57,11 @@ def main() -> None:
     recipe = json.loads((ROOT / "configs" / "smollm2-135m.json").read_text())
     if args.task == "facts":
         records = synthetic_fact_records(args.records, seed=SEED)
+    elif args.task == "swapped":
+        originals = squad_records(SQUAD, "train", per_paragraph=1)
+        by_question = {r.question: r for r in originals}
+        swapped = even_sample(swapped_answer_records(originals, SEED), args.records // 2)
+        records = [r for s in swapped for r in (by_question[s.question], s)]
     else:
         words = lambda text: len(text.split()) * 4 // 3  # noqa: E731  (about 4 tokens per 3 words)
         records = needle_records(args.records, 64, words, seed=SEED, keys=NEEDLE_KEYS)

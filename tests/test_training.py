@@ -28,6 +28,7 @@ from doc2lora_rag.training.data import (
     has_repeated_digit,
     needle_records,
     squad_records,
+    swapped_answer_records,
     synthetic_fact_records,
     token_counter,
     unrelated_records,
@@ -460,6 +461,38 @@ def test_cloze_source_asks_about_training_paragraphs_with_gold_targets() -> None
     synthetic = {r.context for r in synthetic_fact_records(5, seed=4)}
     assert {r.context for r in source.records} <= training | synthetic
     assert all(r.teacher_sees_context and r.answer for r in source.records)
+    with pytest.raises(ValueError, match="not allowed"):
+        load_sources([{**spec, "split": "validation"}], base.tokenizer)
+
+
+def test_swapped_answers_replace_every_occurrence_with_an_answer_of_the_same_form() -> None:
+    records = [
+        QARecord("The mill opened in 1921. By 1921 it had forty looms.", "When did the mill open?", "1921"),
+        QARecord("Ada Brook founded the choir in 1950.", "Who founded the choir?", "Ada Brook"),
+        QARecord("The museum keeps maps from 1843.", "How old are the maps?", "1843"),
+        QARecord("The ferry is run by Tomas Reyes.", "Who runs the ferry?", "Tomas Reyes"),
+        QARecord("It was built of red brick.", "What was it built of?", "red brick"),
+        QARecord("Nobody knows.", "Who knows?", "Somebody"),  # not in its document: left out
+    ]
+    swapped = swapped_answer_records(records, seed=1)
+    assert [r.question for r in swapped] == [r.question for r in records[:4]]  # "red brick": no partner
+    assert [r.answer for r in swapped] == ["1843", "Tomas Reyes", "1921", "Ada Brook"]
+    assert swapped[0].context == "The mill opened in 1843. By 1843 it had forty looms."
+    assert all(r.source == "swapped" and r.answer in r.context for r in swapped)
+    assert all(o.answer not in s.context for o, s in zip(records[:4], swapped, strict=True))
+    assert swapped_answer_records(records, seed=1) == swapped
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs the shared SQuAD file")
+def test_swapped_source_keeps_to_the_training_paragraphs() -> None:
+    base = tiny_base_model()
+    spec = {"kind": "swapped", "path": str(SQUAD), "per_paragraph": 1, "count": 40, "held_out_articles": 3}
+    (source,) = load_sources([spec], base.tokenizer)
+    assert source.target == "gold" and len(source.records) == 40
+    originals = {r.question: r for r in squad_records(SQUAD, "train", per_paragraph=1, held_out_articles=3)}
+    for record in source.records:
+        original = originals[record.question]
+        assert record.answer != original.answer and record.context != original.context
     with pytest.raises(ValueError, match="not allowed"):
         load_sources([{**spec, "split": "validation"}], base.tokenizer)
 

@@ -4,6 +4,8 @@
 - synthetic fact documents about fictional entities, whose answers no model can know;
 - needle-in-a-haystack documents of a chosen token length;
 - cloze questions on any text: the start of a sentence, asking how it ends;
+- SQuAD paragraphs with an answer swapped for another of the same form, so the question
+  alone (or what the model knew) no longer tells the answer;
 - "unrelated" records, pairing a document with a question about something else, whose target
   is the base model's own answer without context (so adapters leave general questions alone).
 """
@@ -14,6 +16,7 @@ import gzip
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -454,6 +457,50 @@ def sentence_continuation(words: Sequence[str], quote_words: int) -> tuple[str, 
     """The cloze that quotes a sentence's first ``quote_words`` words and asks for all the
     rest; None when nothing but punctuation is left."""
     return sentence_cloze(words, len(words) - quote_words) if len(words) > quote_words else None
+
+
+# ---------------------------------------------------------------------------- swapped answers
+
+
+def answer_form(answer: str) -> str:
+    """A coarse type of answer (a number, a name, or other words), so that a swapped-in answer
+    fits the sentence it lands in."""
+    if any(c.isdigit() for c in answer):
+        return "number"
+    return "name" if answer[:1].isupper() else "words"
+
+
+def swapped_answer_records(records: Sequence[QARecord], seed: int = 0) -> list[QARecord]:
+    """Each record's document with every occurrence of its answer replaced by the answer of
+    another record of the same form, and that answer as the target.
+
+    Beside the original, the same question then has two documents with two answers: what
+    the model knew before, or the question's wording, can no longer tell which one is meant,
+    so only reading pays. Records whose answer is not found as whole words, or for which no
+    partner fits (one that does not already appear in the document, and neither contains the
+    other), are left out."""
+    pool = [r for r in records if r.answer]
+    by_form: dict[str, list[str]] = {}
+    for answer in dict.fromkeys(r.answer for r in pool):
+        by_form.setdefault(answer_form(answer), []).append(answer)
+    rng = random.Random(f"swapped-{seed}")
+    result = []
+    for record in pool:
+        pattern = re.compile(rf"(?<!\w){re.escape(record.answer)}(?!\w)")
+        if not pattern.search(record.context):
+            continue
+        partners = by_form[answer_form(record.answer)]
+        own, text = record.answer.lower(), record.context.lower()
+        fits = (p for p in rng.sample(partners, min(len(partners), 20)) if not _overlap(own, p.lower(), text))
+        partner = next(fits, None)
+        if partner is not None:
+            context = partner.join(pattern.split(record.context))
+            result.append(QARecord(context, record.question, partner, "swapped"))
+    return result
+
+
+def _overlap(own: str, other: str, document: str) -> bool:
+    return own in other or other in own or other in document
 
 
 # ---------------------------------------------------------------------------- unrelated questions

@@ -13,6 +13,7 @@ from doc2lora_rag.training.data import (
     jsonl_records,
     needle_records,
     squad_records,
+    swapped_answer_records,
     synthetic_fact_records,
     text_documents,
     token_counter,
@@ -28,6 +29,7 @@ DEFAULT_TARGET = {
     "unrelated": "teacher",
     "general": "teacher",
     "cloze": "gold",
+    "swapped": "gold",
 }
 
 
@@ -56,6 +58,9 @@ def load_sources(specs: list[dict], tokenizer: PreTrainedTokenizerBase, *, seed:
 def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[QARecord]:
     if kind == "squad":
         records = _squad(spec)
+        return even_sample(records, int(spec["count"])) if "count" in spec else records
+    if kind == "swapped":
+        records = swapped_answer_records(_squad(spec), seed=seed)
         return even_sample(records, int(spec["count"])) if "count" in spec else records
     if kind == "unrelated":
         return unrelated_records(_squad(spec), int(spec.get("count", 500)), seed=seed)
