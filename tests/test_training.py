@@ -644,6 +644,22 @@ def test_init_from_another_run_keeps_its_weights_and_adds_the_pointer_and_positi
         Trainer(other, base=base, progress=False)
 
 
+def test_init_from_weights_that_read_another_layer_measures_that_layers_inputs(tmp_path: Path) -> None:
+    base = tiny_base_model(max_positions=512)
+    first = _config(tmp_path / "first", 1, hypernet=TINY_NET)
+    Trainer(first, base=base, progress=False).train()
+    saved = Trainer(first, base=base, progress=False).hypernet.state_dict()
+    start = str(tmp_path / "first" / "checkpoint")
+    same = Trainer(_config(tmp_path / "same", 1, init_from=start, hypernet=TINY_NET), base=base, progress=False)
+    deeper_net = {**TINY_NET, "source_layers": [2]}
+    deeper = Trainer(_config(tmp_path / "deeper", 1, init_from=start, hypernet=deeper_net), base=base, progress=False)
+    assert same.hypernet.config.source_layers == [1] and deeper.hypernet.config.source_layers == [2]
+    for name, tensor in saved.items():
+        assert torch.equal(same.hypernet.state_dict()[name], tensor), name
+        measured = name in ("input_mean", "input_std")
+        assert torch.equal(deeper.hypernet.state_dict()[name], tensor) != measured, name
+
+
 def test_contrastive_term_answers_with_another_documents_adapter(tmp_path: Path) -> None:
     data = [{"kind": "synthetic", "count": 8}]
     config = _config(tmp_path, 2, contrastive_weight=1.0, contrastive_margin=100.0, data=data)

@@ -198,10 +198,10 @@ class Trainer:
             config.teacher_cache or self.out / "teacher-cache",
             Teacher(self.base, top_k=config.teacher_top_k, max_new_tokens=config.teacher_max_new_tokens),
         )
-        self.hypernet, fresh = self._load_or_create_hypernet()
+        self.hypernet, measure_inputs = self._load_or_create_hypernet()
         self.hypernet.to(self.device)
         self._activations: OrderedDict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
-        if fresh:
+        if measure_inputs:
             sample = [record for source in self.sources for record in source.records[: config.statistics_records]]
             documents = self.read_documents([(record, 1) for record in sample])
             self.hypernet.set_input_statistics([chunks[0][0] for chunks in documents])
@@ -241,7 +241,7 @@ class Trainer:
         # Parts that start as no-ops (zero gain, zero projection) may be new in this run.
         if unexpected or any(not name.startswith(("pointer.", "position.")) for name in missing):
             raise ValueError(f"{self.config.init_from} does not fit this hypernetwork config: {missing + unexpected}")
-        return network, False
+        return network, saved.config.source_layers != network.config.source_layers
 
     def _checkpoint_dir(self) -> Path:
         """``checkpoint/``, or ``checkpoint.old/`` where a save was cut short between its two
