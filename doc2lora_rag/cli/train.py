@@ -15,7 +15,10 @@ from doc2lora_rag.cli.app import app
 def train(
     config: Annotated[Path | None, typer.Option(help="JSON training config; options below override it")] = None,
     base_model: Annotated[str | None, typer.Option(help="HF model id or folder; default: embedded SmolLM2")] = None,
-    data: Annotated[list[str] | None, typer.Option(help="data source: squad:PATH, jsonl:PATH, synthetic, niah")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="data source: KIND[:PATH] (squad:PATH, swapped:PATH, jsonl:PATH, synthetic, niah) or JSON"),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="total optimiser steps")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (checkpoints, metrics, plots)")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
@@ -67,7 +70,8 @@ def train(
 
 
 def _data_spec(item: str) -> dict:
-    """``squad:PATH`` / ``jsonl:PATH`` / ``synthetic`` / ``niah`` / a JSON object."""
+    """``KIND:PATH`` (``squad:PATH``, ``swapped:PATH``, ...), a bare ``KIND`` (``synthetic``,
+    ``niah``), or a JSON object."""
     if item.startswith("{"):
         return json.loads(item)
     kind, _, path = item.partition(":")
