@@ -9,11 +9,11 @@ questions: with no adapter, with each document's own adapter, and with another d
 adapter. ``needle`` (the default): 64-token haystacks whose needles share two keys, so each
 question recurs with other answers and only reading the document lowers its loss. ``facts``:
 synthetic fact documents, whose questions are unique, so the document-independent bias block
-can learn the answers by heart (the other-adapter loss falls too). ``swapped``: SQuAD
-training questions, each with its paragraph and with the paragraph whose answer is swapped for
-another of the same form (half the records each), so each question has two answers. If the own-adapter loss does
-not fall below the other-adapter loss here, where nothing has to generalise, a longer run on
-fresh documents will not help either.
+can learn the answers by heart (the other-adapter loss falls too). ``swapped``: SQuAD training
+questions, each with its paragraph and with a copy whose answer is swapped for another of the
+same form (half the records each), so each question has two answers and only reading tells
+which. If the own-adapter loss does not fall below the other-adapter loss here, where nothing
+has to generalise, a longer run on fresh documents will not help either.
 """
 
 from __future__ import annotations
