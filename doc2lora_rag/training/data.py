@@ -476,9 +476,9 @@ def swapped_answer_records(records: Sequence[QARecord], seed: int = 0) -> list[Q
 
     Beside the original, the same question then has two documents with two answers: what
     the model knew before, or the question's wording, can no longer tell which one is meant,
-    so only reading pays. Records whose answer is not found as whole words, or for which no
-    partner fits (one that does not already appear in the document, and neither contains the
-    other), are left out."""
+    so only reading pays. Records whose answer is not found as whole words, or for which none
+    of 20 drawn partners fits (one that does not already appear in the document, and neither
+    contains the other), are left out."""
     pool = [r for r in records if r.answer]
     by_form: dict[str, list[str]] = {}
     for answer in dict.fromkeys(r.answer for r in pool):
