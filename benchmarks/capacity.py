@@ -36,10 +36,11 @@ from doc2lora_rag.training.data import (
 )
 from doc2lora_rag.training.trainer import TrainConfig, Trainer
 
+from eval_setup import SQUAD
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 777  # a seed of its own: neither the training sources, the probe nor the evaluation use it
 NEEDLE_KEYS = ["teal heron", "amber lynx"]
-SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 
 def main() -> None:

@@ -654,10 +654,11 @@ def test_init_from_weights_that_read_another_layer_measures_that_layers_inputs(t
     deeper_net = {**TINY_NET, "source_layers": [2]}
     deeper = Trainer(_config(tmp_path / "deeper", 1, init_from=start, hypernet=deeper_net), base=base, progress=False)
     assert same.hypernet.config.source_layers == [1] and deeper.hypernet.config.source_layers == [2]
+    same_state, deeper_state = same.hypernet.state_dict(), deeper.hypernet.state_dict()
     for name, tensor in saved.items():
-        assert torch.equal(same.hypernet.state_dict()[name], tensor), name
+        assert torch.equal(same_state[name], tensor), name
         measured = name in ("input_mean", "input_std")
-        assert torch.equal(deeper.hypernet.state_dict()[name], tensor) != measured, name
+        assert torch.equal(deeper_state[name], tensor) != measured, name
 
 
 def test_contrastive_term_answers_with_another_documents_adapter(tmp_path: Path) -> None:

@@ -486,16 +486,15 @@ def swapped_answer_records(records: Sequence[QARecord], seed: int = 0) -> list[Q
     rng = random.Random(f"swapped-{seed}")
     result = []
     for record in pool:
-        pattern = re.compile(rf"(?<!\w){re.escape(record.answer)}(?!\w)")
-        if not pattern.search(record.context):
+        pieces = re.split(rf"(?<!\w){re.escape(record.answer)}(?!\w)", record.context)
+        if len(pieces) == 1:  # the answer is not in the document as whole words
             continue
         partners = by_form[answer_form(record.answer)]
         own, text = record.answer.lower(), record.context.lower()
         fits = (p for p in rng.sample(partners, min(len(partners), 20)) if not _overlap(own, p.lower(), text))
         partner = next(fits, None)
         if partner is not None:
-            context = partner.join(pattern.split(record.context))
-            result.append(QARecord(context, record.question, partner, "swapped"))
+            result.append(QARecord(partner.join(pieces), record.question, partner, "swapped"))
     return result
 
 

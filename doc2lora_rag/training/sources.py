@@ -57,7 +57,9 @@ def load_sources(specs: list[dict], tokenizer: PreTrainedTokenizerBase, *, seed:
 
 def _records(kind: str, spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[QARecord]:
     if kind in ("squad", "swapped"):
-        records = _squad(spec) if kind == "squad" else swapped_answer_records(_squad(spec), seed=seed)
+        records = _squad(spec)
+        if kind == "swapped":
+            records = swapped_answer_records(records, seed=seed)
         return even_sample(records, int(spec["count"])) if "count" in spec else records
     if kind == "unrelated":
         return unrelated_records(_squad(spec), int(spec.get("count", 500)), seed=seed)
