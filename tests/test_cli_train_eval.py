@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doc2lora_rag.cli import app
+from doc2lora_rag.hypernetwork.model import HyperNetwork
 from doc2lora_rag.testing import tiny_base_model
 
 TINY_NET = {"width": 32, "num_blocks": 1, "num_heads": 4, "num_kv_heads": 2, "head_width": 16, "chunk_size": 64}
@@ -66,6 +67,8 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     assert general["num_documents"] == data["qa"]["synthetic-heldout"]["num_documents"]
     assert 0.0 <= general["agreement"] <= 1.0 and 0.0 <= general["unchanged"] <= 1.0
     text = report.read_text()
+    fingerprint = HyperNetwork.from_pretrained(checkpoint).fingerprint
+    assert data["hypernet_fingerprint"] == fingerprint and f"(`{fingerprint}`)" in text  # the page names its network
     assert "synthetic-heldout" in text and "Needle in a haystack" in text and "General questions" in text
     assert "adapter, best chunks" in text
     assert "(1/1)" in text or "(0/1)" in text  # each needle accuracy says how many needles it rests on

@@ -94,6 +94,7 @@ def evaluate(
     modes += ["context_distillation"] if context_distillation and not cd_docs else []
     results: dict = {
         "hypernet": hypernet or "shipped default",
+        "hypernet_fingerprint": engine.hypernet.fingerprint,
         "base_model": engine.base.name,
         "chunking": chunking,
         "refine_by_ending": refine_by_ending,

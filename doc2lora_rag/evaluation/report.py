@@ -23,6 +23,12 @@ _SCORES_EXPLAINED = [
 ]
 
 
+def _network_named(results: dict) -> str:
+    """The network as given, and its fingerprint: "shipped default" names another network each release."""
+    fingerprint = results.get("hypernet_fingerprint")
+    return f"{results.get('hypernet')} (`{fingerprint}`)" if fingerprint else str(results.get("hypernet"))
+
+
 def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
     """Tables for every QA dataset and the NIAH sweep, plus PNG plots beside the page."""
     path = Path(path)
@@ -34,7 +40,7 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         "",
         f"```\n{command}\n```",
         "",
-        f"Hypernetwork: {results.get('hypernet')}. Base model: {results.get('base_model')}.",
+        f"Hypernetwork: {_network_named(results)}. Base model: {results.get('base_model')}.",
         "",
     ]
     if results.get("qa") or results.get("general"):
