@@ -78,6 +78,7 @@ def test_train_then_eval_writes_checkpoint_metrics_and_report(tiny_model_dir: Pa
     same = runner.invoke(app, ["compare", str(numbers), str(numbers), "--metric", "f1"], env={"COLUMNS": "200"})
     assert same.exit_code == 0, same.output
     assert "+0.000 ± 0.000" in same.output and "*" not in same.output
+    assert same.output.count(fingerprint) == 2  # the caption names both networks compared
     assert (tmp_path / "results-qa.png").is_file() and (tmp_path / "results-niah.png").is_file()
 
 

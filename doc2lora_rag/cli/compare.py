@@ -27,12 +27,17 @@ def compare(
     """Per-question paired differences of two evaluations, with 95% intervals; a * marks an
     interval that excludes zero."""
     from doc2lora_rag.evaluation.compare import compare_results
+    from doc2lora_rag.evaluation.report import network_named
 
+    first, second = _read(before), _read(after)
     try:
-        differences = compare_results(_read(before), _read(after))
+        differences = compare_results(first, second)
     except ValueError as error:
         raise fail(str(error), EXIT_USAGE) from error
-    table = Table(title=f"{before.name} -> {after.name}: after - before, 95% interval over questions")
+    table = Table(
+        title=f"{before.name} -> {after.name}: after - before, 95% interval over questions",
+        caption=f"before: {network_named(first)}; after: {network_named(second)}",
+    )
     for column in ("section", "mode", "metric", "n", "before", "after", "difference"):
         table.add_column(column)
     for d in differences:

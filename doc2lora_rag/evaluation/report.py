@@ -23,7 +23,7 @@ _SCORES_EXPLAINED = [
 ]
 
 
-def _network_named(results: dict) -> str:
+def network_named(results: dict) -> str:
     """The network as given, and its fingerprint: "shipped default" names another network each release."""
     fingerprint = results.get("hypernet_fingerprint")
     return f"{results.get('hypernet')} (`{fingerprint}`)" if fingerprint else str(results.get("hypernet"))
@@ -40,7 +40,7 @@ def write_markdown(results: dict, path: str | Path, *, command: str) -> Path:
         "",
         f"```\n{command}\n```",
         "",
-        f"Hypernetwork: {_network_named(results)}. Base model: {results.get('base_model')}.",
+        f"Hypernetwork: {network_named(results)}. Base model: {results.get('base_model')}.",
         "",
     ]
     if results.get("qa") or results.get("general"):
