@@ -2,8 +2,8 @@
 changed to Doc2LoRAIndex and the chat model bound to it. The chain is untouched; the
 retrieved documents now reach the model as adapters instead of prompt text.
 
-Runs on the embedded default (SmolLM2-135M-Instruct); the shipped hypernetwork may still be
-untrained, in which case the adapters carry little and the answers are poor:
+Runs on the embedded default (SmolLM2-135M-Instruct); the shipped hypernetwork carries facts of
+short fact documents better than of prose paragraphs like these, so expect poor answers:
     python examples/langchain_after.py
 """
 

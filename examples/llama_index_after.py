@@ -2,8 +2,8 @@
 index class. Its query engine answers from the question alone, with the routed nodes'
 adapters attached instead of their text in the prompt.
 
-Runs on the embedded default (SmolLM2-135M-Instruct); the shipped hypernetwork may still be
-untrained, in which case the adapters carry little and the answers are poor:
+Runs on the embedded default (SmolLM2-135M-Instruct); the shipped hypernetwork carries facts of
+short fact documents better than of prose paragraphs like these, so expect poor answers:
     python examples/llama_index_after.py
 """
 
