@@ -74,6 +74,19 @@ def test_needles_are_compared_per_needle() -> None:
     needles = [d for d in differences if d.section == "needles at 1024 tokens"]
     assert len(needles) == 1 and needles[0].metric == "contains"
     assert needles[0].delta == pytest.approx(2 / 3)
+    assert (needles[0].gained, needles[0].lost) == (2, 0)
+    assert needles[0].sign_p == pytest.approx(0.5)
+
+
+def test_pass_fail_scores_count_the_questions_that_changed_and_graded_ones_do_not() -> None:
+    before, after = _evaluation([0.2, 0.4, 0.6, 0.8]), _evaluation([0.4, 0.2, 0.8, 0.6])
+    before["qa"]["squad-validation"]["per_question"]["adapter"]["contains"] = [1, 0, 0, 1]
+    after["qa"]["squad-validation"]["per_question"]["adapter"]["contains"] = [0, 1, 1, 1]
+    by_metric = {d.metric: d for d in compare_results(before, after)}
+    contains = by_metric["contains"]
+    assert (contains.gained, contains.lost) == (2, 1)  # the last question passed both times
+    assert contains.sign_p == pytest.approx(sign_test_p(2, 1)) == pytest.approx(1.0)
+    assert by_metric["f1"].gained is None and by_metric["f1"].sign_p is None
 
 
 def test_different_questions_or_no_per_question_scores_are_refused() -> None:
@@ -86,11 +99,12 @@ def test_different_questions_or_no_per_question_scores_are_refused() -> None:
 
 def test_compare_command_prints_the_differences(tmp_path: Path) -> None:
     before, after = tmp_path / "before.json", tmp_path / "after.json"
-    before.write_text(json.dumps(_evaluation([0.1] * 10)))
-    after.write_text(json.dumps(_evaluation([0.3] * 10)))
+    before.write_text(json.dumps(_evaluation([0.1] * 10, needles=[0] * 7 + [1] * 3)))
+    after.write_text(json.dumps(_evaluation([0.3] * 10, needles=[1] * 9 + [0])))
     result = CliRunner().invoke(app, ["compare", str(before), str(after)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "+0.200" in result.output and "*" in result.output
+    assert "7 / 1, p = 0.07" in result.output  # needles: seven gained, the last one lost
     tampered = tmp_path / "tampered.json"
     tampered.write_bytes(b"\x00\xff not json")
     refused = CliRunner().invoke(app, ["compare", str(before), str(tampered)])

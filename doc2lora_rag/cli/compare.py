@@ -25,7 +25,8 @@ def compare(
     ] = None,
 ) -> None:
     """Per-question paired differences of two evaluations, with 95% intervals; a * marks an
-    interval that excludes zero."""
+    interval that excludes zero. Pass/fail scores also count the questions each network alone
+    got right, with the sign test's p-value."""
     from doc2lora_rag.evaluation.compare import compare_results
     from doc2lora_rag.evaluation.report import network_named
 
@@ -38,14 +39,15 @@ def compare(
         title=f"{before.name} -> {after.name}: after - before, 95% interval over questions",
         caption=f"before: {network_named(first)}; after: {network_named(second)}",
     )
-    for column in ("section", "mode", "metric", "n", "before", "after", "difference"):
+    for column in ("section", "mode", "metric", "n", "before", "after", "difference", "gained / lost"):
         table.add_column(column)
     for d in differences:
         if metric and d.metric not in metric:
             continue
         mark = " *" if d.significant else ""
         change = f"{d.delta:+.3f} ± {d.half_width:.3f}{mark}"
-        table.add_row(d.section, d.mode, d.metric, str(d.count), f"{d.before:.3f}", f"{d.after:.3f}", change)
+        flips = "" if d.sign_p is None else f"{d.gained} / {d.lost}, p = {d.sign_p:.2g}"
+        table.add_row(d.section, d.mode, d.metric, str(d.count), f"{d.before:.3f}", f"{d.after:.3f}", change, flips)
     console.print(table)
 
 

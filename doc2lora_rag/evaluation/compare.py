@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
+PASS_FAIL_METRICS = frozenset({"contains"})
+"""Scores that are 1 or 0 per question: for these, which questions changed says more than a mean."""
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -28,6 +31,8 @@ class Difference:
     after: float
     half_width: float
     count: int
+    gained: int | None = None
+    lost: int | None = None
 
     @property
     def delta(self) -> float:
@@ -37,6 +42,11 @@ class Difference:
     def significant(self) -> bool:
         """The interval excludes zero."""
         return abs(self.delta) > self.half_width
+
+    @property
+    def sign_p(self) -> float | None:
+        """Sign test p-value of ``gained`` against ``lost``, for pass/fail scores only."""
+        return None if self.gained is None or self.lost is None else sign_test_p(self.gained, self.lost)
 
 
 def standard_error(values: Sequence[float]) -> float:
@@ -119,6 +129,10 @@ def compare_results(before: dict, after: dict) -> list[Difference]:
                 other = new_scores.get(mode, {}).get(metric)
                 if other is None:
                     continue
+                gained = lost = None
+                if metric in PASS_FAIL_METRICS:
+                    gained = sum(a > b for a, b in zip(other, values, strict=True))
+                    lost = sum(b > a for a, b in zip(other, values, strict=True))
                 differences.append(
                     Difference(
                         section=section,
@@ -128,6 +142,8 @@ def compare_results(before: dict, after: dict) -> list[Difference]:
                         after=fmean(other),
                         half_width=paired_half_width(values, other),
                         count=len(values),
+                        gained=gained,
+                        lost=lost,
                     )
                 )
     return differences
