@@ -53,8 +53,11 @@ def test_sign_test_matches_the_binomial_tails() -> None:
     assert sign_test_p(2, 11) == sign_test_p(11, 2)
     assert sign_test_p(5, 5) == 1.0 and sign_test_p(0, 0) == 1.0
     assert sign_test_p(6, 0) == pytest.approx(2 / 64) and sign_test_p(5, 0) > 0.05
+    assert sign_test_p(11.0, 2.0) == sign_test_p(11, 2)  # sums of per-needle 0.0/1.0 scores
     with pytest.raises(ValueError):
         sign_test_p(-1, 3)
+    with pytest.raises(ValueError, match="whole numbers"):
+        sign_test_p(2.5, 3)
 
 
 def test_a_shift_on_every_question_is_significant_and_a_noisy_one_is_not() -> None:

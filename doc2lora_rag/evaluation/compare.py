@@ -94,12 +94,13 @@ def paired_half_width(before: Sequence[float], after: Sequence[float]) -> float:
     return error if math.isinf(error) else t_95(len(before) - 1) * error
 
 
-def sign_test_p(gained: int, lost: int) -> float:
+def sign_test_p(gained: float, lost: float) -> float:
     """Two-sided exact sign test on paired pass/fail outcomes: the chance, if neither network
     were better, of a split at least as uneven as ``gained`` against ``lost`` among the items
-    where they differ (ties carry no information and are left out)."""
-    if gained < 0 or lost < 0:
-        raise ValueError(f"counts must be non-negative, got {gained} and {lost}")
+    where they differ (ties carry no information and are left out). Counts may be whole floats."""
+    if gained < 0 or lost < 0 or gained != int(gained) or lost != int(lost):
+        raise ValueError(f"counts must be non-negative whole numbers, got {gained} and {lost}")
+    gained, lost = int(gained), int(lost)  # sums of 0.0/1.0 scores arrive as floats
     n = gained + lost
     tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
     return min(1.0, 2 * tail)
