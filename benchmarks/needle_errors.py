@@ -68,7 +68,7 @@ from rich.table import Table
 
 from doc2lora_rag.adapters.runtime import adapters_attached
 from doc2lora_rag.engine import Doc2LoRA
-from doc2lora_rag.evaluation.compare import sign_test_p
+from doc2lora_rag.evaluation.compare import gained_and_lost, sign_test_p
 from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import NUMBER_ANSWER_KINDS, number_answer_kind
 from doc2lora_rag.generation.generate import _generation_config
@@ -189,8 +189,8 @@ def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
             pairs = list(zip(first, answers[f"{name} {setting}"], strict=True))
             for group, member in groups.items():
                 chosen = [(a, b) for a, b in pairs if member(a["number"])]
-                gained = sum(a["kind"] != "exact" and b["kind"] == "exact" for a, b in chosen)
-                lost = sum(a["kind"] == "exact" and b["kind"] != "exact" for a, b in chosen)
+                exact = [(a["kind"] == "exact", b["kind"] == "exact") for a, b in chosen]
+                gained, lost = gained_and_lost([a for a, _ in exact], [b for _, b in exact])
                 p_value = f"{sign_test_p(gained, lost):.3f}"
                 table.add_row(name, beams, tokens, f"{group} ({len(chosen)})", str(gained), str(lost), p_value)
     return table

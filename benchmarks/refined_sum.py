@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from doc2lora_rag.engine import Doc2LoRA
-from doc2lora_rag.evaluation.compare import sign_test_p
+from doc2lora_rag.evaluation.compare import gained_and_lost, sign_test_p
 from doc2lora_rag.evaluation.evaluate import NIAH_SEED, niah_records
 from doc2lora_rag.evaluation.metrics import answer_contains
 
@@ -50,8 +50,7 @@ def against_refined_sum(hits: dict[str, list[bool]]) -> list[tuple[str, int, int
     rows = []
     for way, found in hits.items():
         if way != BASELINE:
-            pairs = list(zip(found, hits[BASELINE], strict=True))
-            gained, lost = sum(h and not b for h, b in pairs), sum(b and not h for h, b in pairs)
+            gained, lost = gained_and_lost(hits[BASELINE], found)
             rows.append((way, gained, lost, sign_test_p(gained, lost)))
     return rows
 

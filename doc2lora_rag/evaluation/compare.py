@@ -106,6 +106,12 @@ def sign_test_p(gained: float, lost: float) -> float:
     return min(1.0, 2 * tail)
 
 
+def gained_and_lost(before: Sequence[float], after: Sequence[float]) -> tuple[int, int]:
+    """Of paired pass/fail outcomes, how many passed only after (gained) and only before (lost)."""
+    pairs = list(zip(before, after, strict=True))
+    return sum(a > b for b, a in pairs), sum(b > a for b, a in pairs)
+
+
 def compare_results(before: dict, after: dict) -> list[Difference]:
     """Every score that both evaluations kept per question, section by section, for the
     sections they share. Raises ``ValueError`` when they share none, or when a shared section
@@ -130,10 +136,7 @@ def compare_results(before: dict, after: dict) -> list[Difference]:
                 other = new_scores.get(mode, {}).get(metric)
                 if other is None:
                     continue
-                gained = lost = None
-                if metric in PASS_FAIL_METRICS:
-                    gained = sum(a > b for a, b in zip(other, values, strict=True))
-                    lost = sum(b > a for a, b in zip(other, values, strict=True))
+                gained, lost = gained_and_lost(values, other) if metric in PASS_FAIL_METRICS else (None, None)
                 differences.append(
                     Difference(
                         section=section,
