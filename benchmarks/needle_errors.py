@@ -189,8 +189,9 @@ def paired_table(answers: dict[str, list[dict]], names: list[str]) -> Table:
             pairs = list(zip(first, answers[f"{name} {setting}"], strict=True))
             for group, member in groups.items():
                 chosen = [(a, b) for a, b in pairs if member(a["number"])]
-                exact = [(a["kind"] == "exact", b["kind"] == "exact") for a, b in chosen]
-                gained, lost = gained_and_lost([a for a, _ in exact], [b for _, b in exact])
+                gained, lost = gained_and_lost(
+                    [a["kind"] == "exact" for a, _ in chosen], [b["kind"] == "exact" for _, b in chosen]
+                )
                 p_value = f"{sign_test_p(gained, lost):.3f}"
                 table.add_row(name, beams, tokens, f"{group} ({len(chosen)})", str(gained), str(lost), p_value)
     return table
