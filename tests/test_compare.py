@@ -81,6 +81,15 @@ def test_needles_are_compared_per_needle() -> None:
     assert needles[0].sign_p == pytest.approx(0.5)
 
 
+def test_needles_drawn_from_another_seed_are_refused() -> None:
+    before, after = _evaluation([0.5], needles=[0, 1]), _evaluation([0.5], needles=[1, 1])
+    before["niah_seed"], after["niah_seed"] = 1000, 3000
+    with pytest.raises(ValueError, match="needles at 1024 tokens: the two evaluations asked different questions"):
+        compare_results(before, after)
+    after["niah_seed"] = 1000
+    assert [d.delta for d in compare_results(before, after) if d.section.startswith("needles")] == [0.5]
+
+
 def test_pass_fail_scores_count_the_questions_that_changed_and_graded_ones_do_not() -> None:
     before, after = _evaluation([0.2, 0.4, 0.6, 0.8]), _evaluation([0.4, 0.2, 0.8, 0.6])
     before["qa"]["squad-validation"]["per_question"]["adapter"]["contains"] = [1, 0, 0, 1]

@@ -162,10 +162,11 @@ def _sections(results: dict) -> dict[str, tuple[list, dict[str, dict[str, list[f
     general = results.get("general") or {}
     if general.get("per_question"):
         sections["general questions"] = (general["questions"], general["per_question"])
+    # Needles are drawn from a seed, so the same seed, distractors, length and count are the same needles.
+    drawn = [results.get("niah_seed"), results.get("niah_distractors")]
     for length, row in (results.get("niah") or {}).items():
         if row.get("per_needle"):
-            # Needles are drawn from a fixed seed, so the same length and count are the same needles.
             hits = row["per_needle"]
-            count = [len(hits.get("adapter", []))]
-            sections[f"needles at {length} tokens"] = (count, {mode: {"contains": v} for mode, v in hits.items()})
+            needles = [*drawn, len(hits.get("adapter", []))]
+            sections[f"needles at {length} tokens"] = (needles, {mode: {"contains": v} for mode, v in hits.items()})
     return sections
