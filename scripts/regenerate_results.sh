@@ -2,7 +2,7 @@
 # Regenerate the results pages with the shipped network, each by the `doc2lora eval` command
 # its own header records, so a page and the way it was made cannot drift apart. The page's
 # previous JSON is kept as runs/<name>-before.json for `doc2lora compare`.
-# On 2 CPU cores: docs/results.md about 40 minutes, docs/results-needles.md about 80.
+# On 2 CPU cores, by the CPU: docs/results.md 40-70 minutes, docs/results-needles.md 80-130.
 #   usage: scripts/regenerate_results.sh [PAGE.md ...]   (default: both pages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
