@@ -213,6 +213,33 @@ def test_answer_nll_matches_a_direct_forward_pass_and_sees_adapters(tiny_engine)
     assert with_adapter[1] == pytest.approx(batched[1], rel=1e-4, abs=1e-4)
 
 
+def test_answer_tokens_reads_each_token_as_a_direct_forward_pass_does(tiny_engine) -> None:
+    import torch
+
+    from doc2lora_rag.evaluation.likelihood import answer_nll, answer_tokens
+
+    questions, answers = ["Who keeps it?", "When was the tide logged at dawn?"], ["Ada Moss", "06:40"]
+    read = answer_tokens(tiny_engine, questions, answers, batch_size=2)
+    tokenizer, model = tiny_engine.tokenizer, tiny_engine.model
+    for question, answer, tokens in zip(questions, answers, read, strict=True):
+        prompt = tokenizer.encode(tiny_engine.prompt(question), add_special_tokens=False)
+        target = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1].float()
+        assert tokens.picked == (logits.argmax(-1) == torch.tensor(target)).tolist()
+        expected = logits.log_softmax(-1)[torch.arange(len(target)), torch.tensor(target)]
+        assert tokens.logprobs == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
+    assert [t.nll for t in read] == pytest.approx(answer_nll(tiny_engine, questions, answers), rel=1e-6)
+
+
+def test_the_first_miss_is_the_first_token_greedy_decoding_would_not_pick() -> None:
+    from doc2lora_rag.evaluation.likelihood import AnswerTokens
+
+    assert AnswerTokens([-0.1, -2.0, -0.3], [True, False, False]).first_miss == 1
+    assert AnswerTokens([-0.1, -0.2], [True, True]).first_miss is None
+    assert AnswerTokens([-3.0, -1.0], [False, True]).nll == pytest.approx(2.0)
+
+
 def test_evaluate_general_compares_unrelated_adapters_with_the_base_model() -> None:
     from doc2lora_rag.evaluation.evaluate import evaluate_general
 

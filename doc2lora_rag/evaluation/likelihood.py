@@ -7,6 +7,7 @@ log-likelihood of the gold answer tokens moves as soon as an adapter carries any
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -17,7 +18,57 @@ from doc2lora_rag.training.objective import response_logits, student_batch
 from doc2lora_rag.training.teacher import Target
 
 
+@dataclass(frozen=True)
+class AnswerTokens:
+    """One gold answer read under teacher forcing, token by token (end of turn last): its
+    log-probability and whether it was the model's greedy pick. Greedy decoding reproduces the
+    answer exactly while every pick holds, so the first miss is where a greedy answer leaves it."""
+
+    logprobs: list[float]
+    picked: list[bool]
+
+    @property
+    def nll(self) -> float:
+        return -sum(self.logprobs) / len(self.logprobs)
+
+    @property
+    def first_miss(self) -> int | None:
+        """Index of the first token that was not the greedy pick; None when all were."""
+        return next((i for i, hit in enumerate(self.picked) if not hit), None)
+
+
 @torch.inference_mode()
+def answer_tokens(
+    engine,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    *,
+    contexts: Sequence[str | None] | None = None,
+    adapters: Sequence[LoRAAdapter | None] | None = None,
+    batch_size: int = 8,
+) -> list[AnswerTokens]:
+    """Each gold answer (end-of-turn appended) read token by token, with ``contexts[i]`` in the
+    prompt or ``adapters[i]`` attached."""
+    tokenizer, model = engine.tokenizer, engine.model
+    contexts = contexts or [None] * len(questions)
+    eos = tokenizer.eos_token_id
+    result: list[AnswerTokens] = []
+    for start in range(0, len(questions), batch_size):
+        rows = range(start, min(start + batch_size, len(questions)))
+        prompts = [engine.prompt(questions[i], contexts[i]) for i in rows]
+        targets = [Target.gold([*tokenizer.encode(answers[i], add_special_tokens=False), eos], 1) for i in rows]
+        batch = student_batch(tokenizer, prompts, targets).to(engine.base.device)
+        row_adapters = None if adapters is None else [adapters[i] for i in rows]
+        with model_lock(model), adapters_attached(model, row_adapters, per_row=True):
+            logits = response_logits(model, batch).float()
+        gold = batch.topk_ids[..., 0]
+        logprobs = logits.log_softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+        picked = logits.argmax(-1) == gold
+        for row, length in enumerate(batch.response_mask.sum(-1).tolist()):
+            result.append(AnswerTokens(logprobs[row, :length].tolist(), picked[row, :length].tolist()))
+    return result
+
+
 def answer_nll(
     engine,
     questions: Sequence[str],
@@ -29,19 +80,5 @@ def answer_nll(
 ) -> list[float]:
     """Mean negative log-likelihood per answer token (end-of-turn included), one per question,
     with ``contexts[i]`` in the prompt or ``adapters[i]`` attached."""
-    tokenizer, model = engine.tokenizer, engine.model
-    contexts = contexts or [None] * len(questions)
-    eos = tokenizer.eos_token_id
-    result: list[float] = []
-    for start in range(0, len(questions), batch_size):
-        rows = range(start, min(start + batch_size, len(questions)))
-        prompts = [engine.prompt(questions[i], contexts[i]) for i in rows]
-        targets = [Target.gold([*tokenizer.encode(answers[i], add_special_tokens=False), eos], 1) for i in rows]
-        batch = student_batch(tokenizer, prompts, targets).to(engine.base.device)
-        row_adapters = None if adapters is None else [adapters[i] for i in rows]
-        with model_lock(model), adapters_attached(model, row_adapters, per_row=True):
-            logits = response_logits(model, batch)
-        logprobs = logits.float().log_softmax(-1).gather(-1, batch.topk_ids[..., :1]).squeeze(-1)
-        mask = batch.response_mask.float()
-        result.extend((-(logprobs * mask).sum(-1) / mask.sum(-1)).tolist())
-    return result
+    read = answer_tokens(engine, questions, answers, contexts=contexts, adapters=adapters, batch_size=batch_size)
+    return [answer.nll for answer in read]
