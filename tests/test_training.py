@@ -229,6 +229,37 @@ def test_row_loss_averages_each_rows_own_tokens() -> None:
     assert torch.allclose(rows, torch.stack(alone), atol=1e-4)
 
 
+def test_the_first_token_weight_counts_each_answers_first_token_that_many_times() -> None:
+    base = tiny_base_model()
+    answers = ["7", "a much longer answer"]
+    targets = [Target.gold(base.tokenizer.encode(a, add_special_tokens=False) + [base.tokenizer.eos_token_id], top_k=4)
+               for a in answers]
+    prompts = [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")]
+    batch = student_batch(base.tokenizer, prompts, targets)
+    with torch.no_grad():
+        logits = response_logits(base.model, batch)
+        loss, rows = distillation_losses(logits, batch, first_token_weight=3.0)
+        nll = -logits.log_softmax(-1).gather(-1, batch.topk_ids[..., :1]).squeeze(-1)
+    lengths = [len(t.tokens) for t in targets]
+    weighted = [3 * nll[r, 0] + nll[r, 1 : lengths[r]].sum() for r in range(2)]
+    assert torch.allclose(rows, torch.stack([w / (n + 2) for w, n in zip(weighted, lengths, strict=True)]), atol=1e-4)
+    assert torch.allclose(loss, sum(weighted) / (sum(lengths) + 4), atol=1e-4)
+    assert torch.equal(distillation_losses(logits, batch, 1.0)[0], distillation_loss(logits, batch))
+
+
+def test_the_first_token_weight_shapes_training_and_leaves_the_probe_alone(tmp_path: Path) -> None:
+    config = _config(tmp_path, 1, first_token_weight=4.0, probe_records=8)
+    trainer = Trainer(config, base=tiny_base_model(max_positions=512), progress=False)
+    with torch.no_grad():
+        for weight in trainer.hypernet.heads.b_weight.values():
+            weight.normal_(0, 0.5)
+    batch, records = trainer.sample(0), trainer.probe_set()
+    weighted_loss, weighted_probe = trainer.loss(batch)[0].item(), trainer.probe(records)
+    trainer.config = dataclasses.replace(config, first_token_weight=1.0)
+    assert trainer.loss(batch)[0].item() != pytest.approx(weighted_loss, rel=1e-4)
+    assert trainer.probe(records) == weighted_probe
+
+
 def test_per_row_contrast_counts_only_rows_that_read_their_document(tmp_path: Path) -> None:
     config = _config(tmp_path, 1, contrastive_weight=1.0, contrastive_margin=2.0, contrastive_per_row=True,
                      data=[{"kind": "synthetic", "count": 4}])

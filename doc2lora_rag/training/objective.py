@@ -65,12 +65,17 @@ def distillation_loss(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor
     return distillation_losses(logits, batch)[0]
 
 
-def distillation_losses(logits: torch.Tensor, batch: StudentBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation_losses(
+    logits: torch.Tensor, batch: StudentBatch, first_token_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's token-averaged KL and each row's own (``[B]``), from one pass over the
-    vocabulary: the per-row contrastive term needs both."""
-    mask = batch.response_mask.float()
-    per_token = _token_kl(logits, batch) * mask
-    return per_token.sum() / mask.sum().clamp(min=1), per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+    vocabulary: the per-row contrastive term needs both. ``first_token_weight`` counts each
+    row's first response token that many times in both averages (every answer starts in
+    column 0)."""
+    weights = batch.response_mask.float()
+    weights[:, 0] *= first_token_weight
+    per_token = _token_kl(logits, batch) * weights
+    return per_token.sum() / weights.sum().clamp(min=1), per_token.sum(-1) / weights.sum(-1).clamp(min=1)
 
 
 def _token_kl(logits: torch.Tensor, batch: StudentBatch) -> torch.Tensor:

@@ -129,6 +129,11 @@ class TrainConfig:
     # only start to depend on their document once the cross-attention finds what matters in
     # it; this gives the attention that signal directly instead of only through the adapters.
     answer_weight: float = 0.0
+    # How many times each answer's first token counts in the answer loss while training (the
+    # probe stays unweighted, so its numbers compare across runs). Greedy answers to fact
+    # questions are lost at their first token more often than anywhere else, and that token is
+    # where the own document's adapter differs most from another's (benchmarks/answer_tokens.py).
+    first_token_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_chunking(self.chunking)
@@ -373,7 +378,8 @@ class Trainer:
         student = self._student([record for record, _, _ in batch], [target for _, target, _ in batch])
         with attached(self.base.model, factors):
             logits = response_logits(self.base.model, student)
-        kl, kl_rows = distillation_losses(logits, student)
+        first = self.config.first_token_weight if self.model.training else 1.0
+        kl, kl_rows = distillation_losses(logits, student, first)
         contrast = bool(self.config.contrastive_weight) and self.model.training
         loss = kl + self.config.l1_weight * l1
         info = {"kl": kl.detach().item(), "l1": l1.detach().item(), "tokens": int(student.response_mask.sum())}
@@ -388,7 +394,7 @@ class Trainer:
             grad = torch.is_grad_enabled() and not reference_only
             with attached(self.base.model, swapped), torch.set_grad_enabled(grad):
                 logits_other = response_logits(self.base.model, student)
-            kl_other, kl_other_rows = distillation_losses(logits_other, student)
+            kl_other, kl_other_rows = distillation_losses(logits_other, student, first)
             if contrast:
                 loss = loss + self.config.contrastive_weight * self._shortfall(
                     kl, kl_other, kl_rows, kl_other_rows, [record for record, _, _ in batch])
