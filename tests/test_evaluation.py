@@ -191,6 +191,19 @@ def test_evaluate_qa_rejects_unknown_modes() -> None:
         evaluate_qa(_ScriptedEngine({}), [QARecord("d", "q", "a")], modes=["telepathy"], progress=False)
 
 
+def _answer_logits(engine, question: str, answer: str):
+    """The gold answer's tokens (end of turn appended) and the logits predicting each, from one
+    plain forward pass over prompt and answer."""
+    import torch
+
+    tokenizer = engine.tokenizer
+    prompt = tokenizer.encode(engine.prompt(question), add_special_tokens=False)
+    target = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1].float()
+    return torch.tensor(target), logits
+
+
 def test_answer_nll_matches_a_direct_forward_pass_and_sees_adapters(tiny_engine) -> None:
     import torch
 
@@ -198,14 +211,9 @@ def test_answer_nll_matches_a_direct_forward_pass_and_sees_adapters(tiny_engine)
 
     questions, answers = ["Who keeps it?", "When was the tide logged at dawn?"], ["Ada Moss", "06:40"]
     batched = answer_nll(tiny_engine, questions, answers, batch_size=2)
-    tokenizer, model = tiny_engine.tokenizer, tiny_engine.model
     for question, answer, value in zip(questions, answers, batched, strict=True):
-        prompt = tokenizer.encode(tiny_engine.prompt(question), add_special_tokens=False)
-        target = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + target])).logits[0].float()
-        logprobs = logits[len(prompt) - 1 : -1].log_softmax(-1)
-        expected = -logprobs[torch.arange(len(target)), torch.tensor(target)].mean().item()
+        target, logits = _answer_logits(tiny_engine, question, answer)
+        expected = -logits.log_softmax(-1)[torch.arange(len(target)), target].mean().item()
         assert value == pytest.approx(expected, rel=1e-4, abs=1e-4)
     adapter = tiny_engine.internalize("The lighthouse is kept by Ada Moss.")
     with_adapter = answer_nll(tiny_engine, questions, answers, adapters=[adapter, None], batch_size=2)
@@ -220,14 +228,10 @@ def test_answer_tokens_reads_each_token_as_a_direct_forward_pass_does(tiny_engin
 
     questions, answers = ["Who keeps it?", "When was the tide logged at dawn?"], ["Ada Moss", "06:40"]
     read = answer_tokens(tiny_engine, questions, answers, batch_size=2)
-    tokenizer, model = tiny_engine.tokenizer, tiny_engine.model
     for question, answer, tokens in zip(questions, answers, read, strict=True):
-        prompt = tokenizer.encode(tiny_engine.prompt(question), add_special_tokens=False)
-        target = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1].float()
-        assert tokens.picked == (logits.argmax(-1) == torch.tensor(target)).tolist()
-        expected = logits.log_softmax(-1)[torch.arange(len(target)), torch.tensor(target)]
+        target, logits = _answer_logits(tiny_engine, question, answer)
+        assert tokens.picked == (logits.argmax(-1) == target).tolist()
+        expected = logits.log_softmax(-1)[torch.arange(len(target)), target]
         assert tokens.logprobs == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
     assert [t.nll for t in read] == pytest.approx(answer_nll(tiny_engine, questions, answers), rel=1e-6)
 

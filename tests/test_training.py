@@ -214,12 +214,17 @@ def test_gold_target_loss_is_cross_entropy() -> None:
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
-def test_row_loss_averages_each_rows_own_tokens() -> None:
-    base = tiny_base_model()
+def _short_and_long_answers(base) -> tuple[list[str], list[Target]]:
+    """Two questions' prompts and gold targets: a one-token answer and a longer one."""
     answers = ["7", "a much longer answer"]
     targets = [Target.gold(base.tokenizer.encode(a, add_special_tokens=False) + [base.tokenizer.eos_token_id], top_k=4)
                for a in answers]
-    prompts = [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")]
+    return [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")], targets
+
+
+def test_row_loss_averages_each_rows_own_tokens() -> None:
+    base = tiny_base_model()
+    prompts, targets = _short_and_long_answers(base)
     batch = student_batch(base.tokenizer, prompts, targets)
     with torch.no_grad():
         rows = distillation_losses(response_logits(base.model, batch), batch)[1]
@@ -231,10 +236,7 @@ def test_row_loss_averages_each_rows_own_tokens() -> None:
 
 def test_the_first_token_weight_counts_each_answers_first_token_that_many_times() -> None:
     base = tiny_base_model()
-    answers = ["7", "a much longer answer"]
-    targets = [Target.gold(base.tokenizer.encode(a, add_special_tokens=False) + [base.tokenizer.eos_token_id], top_k=4)
-               for a in answers]
-    prompts = [question_prompt(base.tokenizer, q) for q in ("Which number?", "What else?")]
+    prompts, targets = _short_and_long_answers(base)
     batch = student_batch(base.tokenizer, prompts, targets)
     with torch.no_grad():
         logits = response_logits(base.model, batch)

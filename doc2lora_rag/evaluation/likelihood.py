@@ -69,16 +69,7 @@ def answer_tokens(
     return result
 
 
-def answer_nll(
-    engine,
-    questions: Sequence[str],
-    answers: Sequence[str],
-    *,
-    contexts: Sequence[str | None] | None = None,
-    adapters: Sequence[LoRAAdapter | None] | None = None,
-    batch_size: int = 8,
-) -> list[float]:
-    """Mean negative log-likelihood per answer token (end-of-turn included), one per question,
-    with ``contexts[i]`` in the prompt or ``adapters[i]`` attached."""
-    read = answer_tokens(engine, questions, answers, contexts=contexts, adapters=adapters, batch_size=batch_size)
-    return [answer.nll for answer in read]
+def answer_nll(engine, questions: Sequence[str], answers: Sequence[str], **reading) -> list[float]:
+    """Mean negative log-likelihood per answer token (end-of-turn included), one per question;
+    ``reading`` takes ``answer_tokens``' options (``contexts``, ``adapters``, ``batch_size``)."""
+    return [answer.nll for answer in answer_tokens(engine, questions, answers, **reading)]
