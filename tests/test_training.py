@@ -722,9 +722,11 @@ def test_shipped_training_configs_are_valid(path: Path) -> None:
         assert probe["kind"] in DEFAULT_TARGET and probe.get("split", "train") in ("train", "held_out")
 
 
-def test_an_unknown_chunking_is_refused_when_the_config_is_made(tmp_path: Path) -> None:
+def test_an_unknown_chunking_or_no_first_token_weight_is_refused_when_the_config_is_made(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="chunking must be one of"):
         _config(tmp_path, 1, chunking="paragraphs")
+    with pytest.raises(ValueError, match="first_token_weight must be positive"):
+        _config(tmp_path, 1, first_token_weight=0.0)
 
 
 def test_training_chunks_end_at_sentences_unless_the_config_asks_for_token_counts(tmp_path: Path) -> None:

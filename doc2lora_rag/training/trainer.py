@@ -137,6 +137,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_chunking(self.chunking)
+        if not self.first_token_weight > 0:
+            raise ValueError(f"first_token_weight must be positive, not {self.first_token_weight}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
