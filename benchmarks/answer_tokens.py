@@ -21,15 +21,12 @@ import argparse
 import json
 from collections.abc import Sequence
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from doc2lora_rag.cli.evaluate import _eval_records
-from doc2lora_rag.engine import Doc2LoRA
 from doc2lora_rag.evaluation.likelihood import AnswerTokens, answer_tokens
 
-from eval_setup import SQUAD
+from eval_setup import add_eval_options, load_eval
 
 BUCKETS = ("token 1", "token 2", "token 3+", "end of turn", "never")
 
@@ -63,22 +60,11 @@ def summarise(answers: Sequence[AnswerTokens]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=120, help="questions per source")
     parser.add_argument("--synthetic-seed", type=int, default=21212, help="seed of the fresh fact documents")
-    parser.add_argument("--squad", default=str(SQUAD))
-    parser.add_argument("--hypernet", default=None, help="hypernetwork folder; default: the shipped one")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--json-out", default=None)
+    add_eval_options(parser)
+    parser.set_defaults(limit=120)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
-    sources = dict(
-        [
-            _eval_records(f"squad:{args.squad}", args.limit),
-            _eval_records(f"synthetic:{args.limit}:{args.synthetic_seed}", args.limit),
-        ]
-    )
+    engine, sources = load_eval(args, synthetic=f"synthetic:{args.limit}:{args.synthetic_seed}")
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, records in sources.items():
@@ -92,8 +78,9 @@ def main() -> None:
             results.setdefault(name, {})[reader] = summarise(read)
             print(f"done {name}: {reader}", flush=True)
     if args.json_out:
-        with open(args.json_out, "w") as out:
-            json.dump({"hypernet_fingerprint": engine.hypernet.fingerprint, "results": results}, out, indent=1)
+        args.json_out.write_text(
+            json.dumps({"hypernet_fingerprint": engine.hypernet.fingerprint, "results": results}, indent=1)
+        )
 
     table = Table(title=f"where greedy answers leave the gold answer ({engine.hypernet.fingerprint})")
     for column in ("source", "adapter", "answers", "NLL token 1", "NLL later", *BUCKETS, "whole | token 1"):

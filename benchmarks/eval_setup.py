@@ -25,12 +25,13 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-out", type=Path, default=None)
 
 
-def load_eval(args: argparse.Namespace) -> tuple[Doc2LoRA, dict[str, list[QARecord]]]:
-    """The engine and the evaluation's questions per source, as ``doc2lora eval`` draws them."""
+def load_eval(args: argparse.Namespace, synthetic: str = "synthetic:") -> tuple[Doc2LoRA, dict[str, list[QARecord]]]:
+    """The engine and the evaluation's questions per source, as ``doc2lora eval`` draws them
+    (``synthetic``: its fact-document spec, e.g. ``synthetic:120:SEED`` for another draw)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Doc2LoRA.from_pretrained(hypernet=args.hypernet)
-    sources = dict([_eval_records(f"squad:{args.squad}", args.limit), _eval_records("synthetic:", args.limit)])
+    sources = dict([_eval_records(f"squad:{args.squad}", args.limit), _eval_records(synthetic, args.limit)])
     return engine, sources
 
 
